@@ -1,0 +1,55 @@
+"""Building and loading rerankers with the score scale kept raw."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Pooling = Literal["cls", "mean"]
+
+
+def build_ettin_reranker(
+    base: str,
+    *,
+    max_seq_length: int,
+    pooling: Pooling = "cls",
+    head: Literal["ettin", "linear"] = "ettin",
+    seed: int = 12,
+    device: str | None = None,
+    model_kwargs: dict | None = None,
+    trust_remote_code: bool = False,
+):
+    """Encoder → pooling → [Dense(H→H, GELU, no bias) → LayerNorm] → Dense(H→1, Identity) named "scores".
+
+    Stock sentence-transformers modules only, so the saved folder reloads anywhere.
+    `activation_fn` is Identity: `predict`/`rank` return raw scores.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
+
+    torch.manual_seed(seed)
+    encoder = Transformer(
+        base,
+        transformer_task="feature-extraction",
+        max_seq_length=max_seq_length,
+        model_kwargs=model_kwargs or {},
+        config_kwargs={"trust_remote_code": trust_remote_code} if trust_remote_code else None,
+    )
+    hidden = encoder.get_embedding_dimension()
+    modules: list = [encoder, Pooling(hidden, pooling_mode=pooling)]
+    if head == "ettin":
+        modules += [Dense(hidden, hidden, bias=False, activation_function=torch.nn.GELU()), LayerNorm(hidden)]
+    modules.append(Dense(hidden, 1, activation_function=torch.nn.Identity(), module_output_name="scores"))
+    return CrossEncoder(modules=modules, activation_fn=torch.nn.Identity(), device=device)
+
+
+def load_reranker(path: str, *, device: str | None = None, max_seq_length: int | None = None, **kwargs):
+    """Load any CrossEncoder and force raw scores (Identity), whatever its saved activation."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(path, device=device, activation_fn=torch.nn.Identity(), **kwargs)
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    return model
