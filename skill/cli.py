@@ -128,13 +128,235 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 
 # --------------------------------------------------------------------------------------------- mine, score (issue 3)
 
+
+@envelope_command("mine")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="Run folder (created if missing).")
+@click.option("--corpus", type=click.Path(path_type=Path), required=True, help="Corpus file or datasets folder.")
+@click.option("--queries", type=click.Path(path_type=Path), required=True, help="Queries file.")
+@click.option("--qrels", type=click.Path(path_type=Path), help="Relevance labels (needed for the false-negative guard and evaluation).")
+@click.option("--retriever", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True, help="First stage.")
+@click.option("--embedder", default="google/embeddinggemma-300m", show_default=True, help="Dense first stage: sentence-transformers hub id or local folder.")
+@click.option("--train-top-k", type=click.IntRange(min=1), default=30, show_default=True, help="Candidates per training query.")
+@click.option("--eval-top-k", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per held-out query.")
+@click.option("--heldout", type=float, default=0.2, show_default=True, help="Fraction of labelled queries held out.")
+@click.option("--heldout-queries", type=click.Path(path_type=Path), help="File of held-out query ids, one per line (overrides --heldout).")
+@click.option("--seed", type=int, default=12, show_default=True)
+@click.option("--negative-rank-min", type=click.IntRange(min=1), default=1, show_default=True, help="Skip negatives ranked above this (rank window start).")
+@click.option("--num-negatives", type=click.IntRange(min=1), help="Keep at most this many negatives per training query (best ranked first).")
+@click.option("--relative-margin", type=click.FloatRange(min=0), default=0.05, show_default=True, help="False-negative guard: drop candidates scored above best positive - |best positive| x margin.")
+@click.option("--absolute-margin", type=float, help="False-negative guard: drop candidates scored above best positive - margin.")
+@click.option("--max-score", type=float, help="Drop candidates whose first-stage score exceeds this.")
+@click.option("--no-guard", is_flag=True, help="Turn the false-negative guard off.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding batch size.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Corpus-embedding cache (default RUN/cache).")
+@click.option("--force", is_flag=True, help="Redo even if the stage is up to date.")
+@map_option
+def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], force: bool, no_guard: bool, **options) -> Result:
+    """Split queries and mine candidates: train pairs (hard negatives behind a false-negative guard) and held-out top-K."""
+    from skill.config import DataConfig, MineConfig
+    from skill.data import ColumnMapping
+    from skill.mine import mine
+
+    if no_guard:
+        options["relative_margin"] = options["absolute_margin"] = None
+    try:
+        config = MineConfig(**options)
+    except ValueError as exc:
+        raise SkillError(str(exc).splitlines()[-1] if str(exc) else "invalid option", code=ExitCode.USAGE, fix="see `reranker-skill mine --help`") from None
+    data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping))
+    return mine(run_dir, data, config, force=force)
+
+
+@envelope_command("score")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="Run folder that `mine` wrote.")
+@click.option("--teacher", "teachers", multiple=True, required=True, help="Teacher: hub id, local model folder, or a scores file. Repeat for an ensemble.")
+@click.option("--teacher-type", "teacher_types", multiple=True, type=click.Choice(["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]), help="One per --teacher (or one for all). Default auto.")
+@click.option("--weight", "weights", multiple=True, type=click.FloatRange(min=0, min_open=True), help="Ensemble weight, one per --teacher (default 1).")
+@click.option("--score-space", type=click.Choice(["raw_logit", "probability", "cosine", "normalised"]), help="Score space of a `file` teacher (inferred when omitted).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per batch at full length; short pairs pack more.")
+@click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True, help="Max tokens per pair.")
+@click.option("--token-budget", type=click.IntRange(min=8), help="Padded tokens per batch (default batch-size x min(max-length, 256)).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Unique pairs per committed chunk (the most a kill can lose).")
+@click.option("--shard", help="Score only shard i of n (1-based, e.g. 2/4); the last one to finish merges.")
+@click.option("--merge", "merge_only", is_flag=True, help="Only merge finished shards into the tables.")
+@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere.")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: export a cross-encoder teacher to ONNX for CPU scoring.")
+@click.option("--force", is_flag=True, help="Redo even if up to date (finished chunks are still reused).")
+def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, **options) -> Result:
+    """Score every mined pair (training and held-out) with a teacher; raw scores, resumable, shardable."""
+    from skill.config import ScoreConfig
+    from skill.score import score, teacher_specs
+
+    specs = teacher_specs(teachers, teacher_types, weights, score_space)
+    try:
+        config = ScoreConfig(teachers=specs, **options)
+    except ValueError as exc:
+        raise SkillError(str(exc).splitlines()[-1] if str(exc) else "invalid option", code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
+    return score(run_dir, config, force=force, merge_only=merge_only)
+
 # --------------------------------------------------------------------------------------------- render, train (issue 4)
+
+_TRAIN_OPTIONS = [
+    click.option("--size", type=click.Choice(["17m", "32m", "68m", "150m", "400m", "1b"]), help="Ettin student size (defaults from skill/ettin_sizes.yaml; 17m if no size is given)."),
+    click.option("--base", help="Start from another encoder, a bi-encoder folder, or a reranker to continue (hub id or folder)."),
+    click.option("--base-kind", type=click.Choice(["auto", "encoder", "bi-encoder", "reranker"]), help="What --base is (auto: from its files or name)."),
+    click.option("--pooling", type=click.Choice(["cls", "mean"]), help="Pooling for a new head (default cls; mean for a bi-encoder base)."),
+    click.option("--head", type=click.Choice(["ettin", "linear"]), help="ettin: Dense+GELU → LayerNorm → Dense; linear: one Dense."),
+    click.option("--loss", type=click.Choice(["mse", "margin-mse", "listnet"]), help="Distillation loss (default mse on raw teacher scores)."),
+    click.option("--label-transform", type=click.Choice(["raw", "centred"]), help="centred: subtract each query's mean teacher score."),
+    click.option("--list-size", type=int, help="Documents per query group for listnet (default 8)."),
+    click.option("--head-lr-multiplier", type=float, help="Learning rate of the head = learning rate × this (default 1)."),
+    click.option("--learning-rate", type=float, help="Peak learning rate (default: the size's)."),
+    click.option("--global-batch", type=int, help="Scored pairs per optimizer step over all devices (default: the size's)."),
+    click.option("--per-device-batch", type=int, help="Scored pairs per forward pass on one device."),
+    click.option("--epochs", type=float, help="Passes over the scored pairs (default 1)."),
+    click.option("--warmup-ratio", type=float, help="Linear warm-up as a fraction of training (default 0.03)."),
+    click.option("--max-steps", type=int, help="Stop after this many optimizer steps."),
+    click.option("--max-minutes", type=float, help="Wall-clock budget: stop cleanly, then evaluate and save."),
+    click.option("--max-seq-length", type=int, help="Tokens per (query, document) pair (default 256)."),
+    click.option("--eval-every", type=float, help="Evaluate and save every N steps (>= 1) or fraction of training (< 1; default 0.05)."),
+    click.option("--eval-queries", type=int, help="Evaluate on at most this many held-out queries during training."),
+    click.option("--early-stopping-patience", type=int, help="Evaluations without improvement before stopping (0 = off; default 4)."),
+    click.option("--seed", type=int, help="Random seed (default 12)."),
+    click.option("--push-to-hub", metavar="USER/REPO", help="Push the best model to this hub repo (private); a failed push never fails the run."),
+    click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code from --base."),
+]
+
+
+def train_options(fn):
+    for option in reversed(_TRAIN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _train_config(overrides: dict):
+    """A validated TrainConfig from the flags that were given; None when none were."""
+    from pydantic import ValidationError
+
+    from skill.config import TrainConfig
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return None
+    try:
+        return TrainConfig(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if first.get("loc"):
+            message = "--" + str(first["loc"][0]).replace("_", "-") + ": " + message
+        raise SkillError(message, code=ExitCode.USAGE, fix="see `reranker-skill render --help`") from None
+
+
+@envelope_command("render")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="The run folder (runs/NAME).")
+@train_options
+@click.option("--force", is_flag=True, help="Overwrite a train.py that was edited by hand.")
+def render_cmd(run_dir: Path, force: bool, **overrides) -> Result:
+    """Write runs/NAME/train.py, a standalone training script for the chosen size, and print how to run it."""
+    from skill.config import TrainConfig
+    from skill.render import render
+
+    return render(run_dir, _train_config(overrides) or TrainConfig(), force=force)
+
+
+@envelope_command("train")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="The run folder (runs/NAME).")
+@train_options
+@click.option("--smoke", is_flag=True, help="One training step end to end (outputs under runs/NAME/smoke/).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint after an interruption.")
+@click.option("--force", is_flag=True, help="Train again even if up to date; re-render over a hand-edited train.py.")
+def train_cmd(run_dir: Path, smoke: bool, resume: bool, force: bool, **overrides) -> Result:
+    """Run runs/NAME/train.py (rendering it first if needed) with live progress; record the verdict in manifest.json."""
+    from skill.train import train
+
+    return train(run_dir, _train_config(overrides), smoke=smoke, resume=resume, force=force)
+
 
 # --------------------------------------------------------------------------------------------- evaluate (issue 5)
 
+
+@envelope_command("evaluate")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="The run folder (held-out candidates, qrels, student/).")
+@click.option("--model", "models", multiple=True, metavar="PATH", help="An extra reranker to show side by side (folder or hub id). Repeatable.")
+@click.option("--student", metavar="PATH", help="The student to judge (default: RUN/student).")
+@click.option("--base", metavar="PATH", help="The base before training (default: the base recorded by render).")
+@click.option("--teacher", is_flag=True, help="Also load the teacher model(s) from scores.meta.json and time them on the same pairs.")
+@click.option("--fail-on", type=click.Choice(["regression", "marginal"]), help="Exit 7 when the verdict is REGRESSION (or MARGINAL or worse).")
+@click.option("--margin", type=click.FloatRange(0, 1, max_open=True), default=None, help="ΔNDCG@10 a WIN needs (default 0.01).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Significance level (default 0.05).")
+@click.option("--resamples", type=click.IntRange(100, 1_000_000), default=None, help="Bootstrap / randomisation resamples (default 10000).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pairs per forward pass (default 64).")
+@click.option("--max-length", type=click.IntRange(8, 8192), default=None, help="Truncate pairs to this many tokens (default: each model's own).")
+@click.option("--device", help="cpu, cuda, cuda:1, mps (default: best available).")
+@click.option("--nanobeir", is_flag=True, help="Also run the NanoBEIR general-domain check (needs the Hugging Face Hub).")
+@click.option("--force", is_flag=True, help="Recompute even when the report is up to date.")
+def evaluate_cmd(run_dir: Path, models: tuple[str, ...], student, base, teacher, fail_on, margin, alpha, resamples, batch_size, max_length, device, nanobeir, force) -> Result:
+    """Held-out verdict: first stage vs base vs student vs teacher, significance, fidelity, collapse, cost. Writes report.json/.md/.png."""
+    from skill.config import EvaluateConfig
+    from skill.evaluate import evaluate
+
+    given = {"margin": margin, "alpha": alpha, "resamples": resamples, "batch_size": batch_size, "max_length": max_length, "device": device}
+    cfg = EvaluateConfig(models=list(models), student=student, base=base, teacher=teacher, fail_on=fail_on, nanobeir=nanobeir, **{k: v for k, v in given.items() if v is not None})
+    return evaluate(run_dir, cfg, force=force)
+
+
 # --------------------------------------------------------------------------------------------- export (issue 7)
 
+
+@envelope_command("export")
+@click.option("--model", type=click.Path(path_type=Path), help="The reranker folder to export (default: RUN/student).")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="Export format.")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Also write a dynamic int8 model (onnx/model_qint8_quantized.onnx).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Run folder: parity on its held-out candidates; output under RUN/export/.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: RUN/export/onnx or onnx-int8).")
+@click.option("--queries", type=click.IntRange(min=1), default=None, help="Held-out queries scored for parity (default 32).")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="Candidates per query scored for parity (default 30).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pairs per batch when timing (default 32).")
+@click.option("--max-drift", type=click.FloatRange(min=0, min_open=True), default=None, help="fp32 tolerance: max |score drift| (default 1e-3).")
+@click.option("--int8-min-overlap", type=click.FloatRange(0, 1), default=None, help="int8 tolerance: mean top-10 overlap (default 0.7).")
+@click.option("--int8-max-ndcg-drop", type=click.FloatRange(0, 1), default=None, help="int8 tolerance: NDCG@10 drop (default 0.02).")
+@click.option("--force", is_flag=True, help="Redo even when the export is up to date.")
+def export_cmd(model, fmt, quantize, run_dir, out, queries, depth, batch_size, max_drift, int8_min_overlap, int8_max_ndcg_drop, force) -> Result:
+    """Export a reranker to ONNX (fp32, optional int8) with a parity check. Exit 6: fp32 parity failed; 7: only int8 failed."""
+    from skill.config import ExportConfig
+    from skill.export import Tolerances, export_model
+
+    given = {"queries": queries, "depth": depth, "batch_size": batch_size, "max_drift": max_drift, "int8_min_overlap": int8_min_overlap, "int8_max_ndcg_drop": int8_max_ndcg_drop}
+    cfg = ExportConfig(format=fmt, quantize=quantize, out=out, **{k: v for k, v in given.items() if v is not None})
+    tol = Tolerances(fp32_max_drift=cfg.max_drift, int8_min_top10_overlap=cfg.int8_min_overlap, int8_max_ndcg_drop=cfg.int8_max_ndcg_drop)
+    return export_model(model=model, fmt=cfg.format, quantize=cfg.quantize, run=run_dir, out=cfg.out, queries=cfg.queries, depth=cfg.depth, batch_size=cfg.batch_size, tolerances=tol, force=force)
+
+
 # --------------------------------------------------------------------------------------------- install, run, quickstart (issue 6)
+
+
+def _agent_options(fn):
+    fn = click.option("--dest", type=click.Path(path_type=Path), help="Project folder to use instead of the git root above the working directory.")(fn)
+    fn = click.option("--global", "global_", is_flag=True, help="User level: ~/.claude/skills or ~/.agents/skills.")(fn)
+    return click.option("--agent", type=click.Choice(["claude", "codex"]), required=True, help="claude: .claude/skills/; codex: .agents/skills/.")(fn)
+
+
+@envelope_command("install")
+@_agent_options
+@click.option("--symlink", is_flag=True, help="Link to this package's skill folder instead of copying (follows upgrades).")
+@click.option("--force", is_flag=True, help="Replace an earlier install of reranker-skill (never someone else's folder).")
+def install_cmd(agent: str, global_: bool, dest: Path | None, symlink: bool, force: bool) -> Result:
+    """Install the skill (SKILL.md, references, templates, recipes) for Claude Code or Codex."""
+    from skill.install import install
+
+    return install(agent, global_=global_, symlink=symlink, dest=dest, force=force)  # type: ignore[arg-type]
+
+
+@envelope_command("uninstall")
+@_agent_options
+def uninstall_cmd(agent: str, global_: bool, dest: Path | None) -> Result:
+    """Remove what `install` created (and nothing else)."""
+    from skill.install import uninstall
+
+    return uninstall(agent, global_=global_, dest=dest)  # type: ignore[arg-type]
+
 
 
 def main() -> None:

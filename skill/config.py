@@ -34,32 +34,122 @@ class MineConfig(_Section):
     heldout_queries: Path | None = None
     seed: int = 12
     batch_size: int = Field(64, ge=1)
+    # hard negatives: rank window + false-negative guard (mine_hard_negatives semantics)
+    negative_rank_min: int = Field(1, ge=1)
+    num_negatives: int | None = Field(None, ge=1)
+    relative_margin: float | None = Field(0.05, ge=0)
+    absolute_margin: float | None = None
+    max_score: float | None = None
+    rrf_k: int = Field(60, ge=1)
+    cache_dir: Path | None = None  # corpus-embedding cache; default RUN/cache
 
 
 TeacherType = Literal["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]
+
+
+ScoreSpace = Literal["raw_logit", "probability", "cosine", "normalised"]
 
 
 class TeacherSpec(_Section):
     model: str
     type: TeacherType = "auto"
     weight: float = Field(1.0, gt=0)
+    score_space: ScoreSpace | None = None  # for `file` teachers; inferred when unset
 
 
 class ScoreConfig(_Section):
     teachers: list[TeacherSpec] = []
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # pairs per batch at full length; short pairs pack more (token budget)
     max_length: int = Field(512, ge=8)
-    shard: str | None = None  # "i/n"
+    token_budget: int | None = Field(None, ge=8)  # padded tokens per batch; default batch_size * min(max_length, 256)
+    chunk_size: int = Field(4096, ge=1)  # unique pairs per atomically committed chunk
+    shard: str | None = Field(None, pattern=r"^\d+/\d+$")  # "i/n", 1-based
+    device: str | None = None
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 elsewhere
+    backend: Literal["torch", "onnx"] = "torch"
 
 
 class TrainConfig(_Section):
+    """The knobs of the rendered training script (`render`, `train`); None = the size's default
+    from skill/ettin_sizes.yaml (or, for pooling, cls — mean for a bi-encoder base)."""
+
     size: Literal["17m", "32m", "68m", "150m", "400m", "1b"] | None = None
     base: str | None = None
+    # encoder: a plain encoder (new head); bi-encoder: a sentence-transformers embedding model folder/id
+    # (its encoder, new head); reranker: a CrossEncoder whose head and score scale are kept.
+    base_kind: Literal["auto", "encoder", "bi-encoder", "reranker"] = "auto"
+    pooling: Literal["cls", "mean"] | None = None
+    head: Literal["ettin", "linear"] = "ettin"
+    loss: Literal["mse", "margin-mse", "listnet"] = "mse"
+    label_transform: Literal["raw", "centred"] = "raw"
+    list_size: int = Field(8, ge=2, le=256)  # documents per query group (listnet)
+    head_lr_multiplier: float = Field(1.0, gt=0, le=1000)
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    global_batch: int | None = Field(None, ge=1)
+    per_device_batch: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0, le=100)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    max_seq_length: int | None = Field(None, ge=16, le=8192)
+    eval_every: float | None = Field(None, gt=0)  # < 1: a fraction of training; >= 1: every N steps
+    eval_queries: int | None = Field(None, ge=1)  # cap on held-out queries evaluated during training
+    early_stopping_patience: int | None = Field(None, ge=0)  # 0 = never stop early
+    seed: int | None = Field(None, ge=0)
+    push_to_hub: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _check_train(self) -> TrainConfig:
+        if self.eval_every is not None and self.eval_every >= 1 and self.eval_every != int(self.eval_every):
+            raise ValueError(f"eval_every={self.eval_every}: give a fraction below 1 or a whole number of steps")
+        if self.base is not None and (not self.base.strip() or "\x00" in self.base):
+            raise ValueError("base must be a non-empty model id or folder")
+        if self.global_batch and self.per_device_batch and self.per_device_batch > self.global_batch:
+            raise ValueError(f"per_device_batch {self.per_device_batch} is larger than global_batch {self.global_batch}")
+        return self
 
 
 class EvaluateConfig(_Section):
-    models: list[str] = []
-    fail_on: Literal["regression", "marginal"] | None = None
+    """`evaluate`: which systems to compare on the held-out queries, and the verdict thresholds."""
+
+    models: list[str] = []  # extra rerankers shown side by side (e.g. a released one)
+    student: str | None = None  # default: RUN/student
+    base: str | None = None  # default: the `base` recorded by render in manifest.json
+    teacher: bool = False  # also load the teacher model(s) from scores.meta.json to measure their cost
+    fail_on: Literal["regression", "marginal"] | None = None  # not part of the stage's hash: a gate on the report
+    margin: float = Field(0.01, ge=0, lt=1)  # WIN needs ΔNDCG@10 ≥ +margin; REGRESSION is Δ ≤ −margin
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired test
+    collapse_ratio: float = Field(0.1, ge=0, lt=1)  # collapse: student spread < ratio × teacher's spread
+    collapse_floor: float = Field(1e-4, ge=0)  # collapse: student spread below this, teacher or not
+    resamples: int = Field(10_000, ge=100, le=1_000_000)
+    seed: int = 12
+    batch_size: int = Field(64, ge=1)
+    # hard negatives: rank window + false-negative guard (mine_hard_negatives semantics)
+    negative_rank_min: int = Field(1, ge=1)
+    num_negatives: int | None = Field(None, ge=1)
+    relative_margin: float | None = Field(0.05, ge=0)
+    absolute_margin: float | None = None
+    max_score: float | None = None
+    rrf_k: int = Field(60, ge=1)
+    cache_dir: Path | None = None  # corpus-embedding cache; default RUN/cache
+    max_length: int | None = Field(None, ge=8, le=8192)
+    device: str | None = None
+    nanobeir: bool = False  # general-domain check (needs the Hugging Face Hub)
+
+
+class ExportConfig(_Section):
+    """`export`: format, quantisation, the parity pairs and the tolerances past which it fails."""
+
+    format: Literal["onnx"] = "onnx"
+    quantize: Literal["int8"] | None = None
+    out: Path | None = None  # default RUN/export/onnx (or onnx-int8)
+    queries: int = Field(32, ge=1)  # held-out queries whose candidates are scored for parity
+    depth: int = Field(30, ge=1)  # candidates per query (first-stage order)
+    batch_size: int = Field(32, ge=1)
+    max_drift: float = Field(1e-3, gt=0)  # fp32: max |exported - original| raw score
+    int8_min_overlap: float = Field(0.7, ge=0, le=1)  # int8: mean top-10 overlap
+    int8_max_ndcg_drop: float = Field(0.02, ge=0, le=1)  # int8: NDCG@10 original - exported
 
 
 class RunConfig(_Section):
@@ -71,6 +161,7 @@ class RunConfig(_Section):
     score: ScoreConfig = ScoreConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

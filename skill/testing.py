@@ -110,3 +110,87 @@ def build_tiny_reranker(out_dir: str | Path, *, base_dir: str | Path | None = No
     model = build_ettin_reranker(str(base_dir), max_seq_length=128, seed=seed)
     model.save(str(out_dir))
     return out_dir
+
+
+def write_toy_scored_run(
+    run_dir: str | Path,
+    domain: dict[str, Path],
+    *,
+    train_top_k: int = 10,
+    eval_top_k: int = 20,
+    heldout: float = 0.25,
+    seed: int = 12,
+) -> Path:
+    """A run folder as `mine` + `score` leave it, built with a lexical first stage and a lexical teacher.
+
+    For tests and benchmarks of `render`/`train` that must not depend on real teachers: first
+    stage = word-overlap score; teacher label = a raw, unbounded score (overlap plus a bonus for
+    the gold positive) in the `raw_logit` space. Writes train_pairs/scores/heldout_candidates
+    parquet files, qrels_heldout.json, split.json and scores.meta.json.
+    """
+    import re
+
+    import pyarrow as pa
+
+    from skill.data import load_dataset, split_queries
+    from skill.io import write_json, write_parquet
+
+    run_dir = Path(run_dir)
+    data = load_dataset(domain["corpus"], domain["queries"], domain.get("qrels"))
+    split = split_queries(data.queries, data.qrels, heldout_fraction=heldout, seed=seed)
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+    doc_words = {d: words(t) for d, t in data.corpus.texts.items()}
+
+    def ranked(qid: str) -> list[tuple[str, float]]:
+        q = words(data.queries.texts[qid])
+        scores = [(d, len(q & w) / (len(q) ** 0.5 * len(w) ** 0.5 + 1e-9)) for d, w in doc_words.items()]
+        return sorted(scores, key=lambda x: (-x[1], x[0]))
+
+    def rows(qids: list[str], top_k: int, *, add_positives: bool, teacher: bool) -> dict[str, list]:
+        cols: dict[str, list] = {k: [] for k in ("query_id", "doc_id", "query", "document", "rank", "first_stage_score", "relevance")}
+        if teacher:
+            cols["label"] = []
+        for qid in qids:
+            positives = data.qrels.positives(qid) if data.qrels else set()
+            hits = ranked(qid)[:top_k]
+            entries = [(d, r + 1, s) for r, (d, s) in enumerate(hits)]
+            if add_positives:
+                entries += [(d, 0, float("nan")) for d in sorted(positives - {d for d, _ in hits})]
+            for d, rank, s in entries:
+                rel = float(data.qrels.labels.get(qid, {}).get(d, 0.0)) if data.qrels else 0.0
+                cols["query_id"].append(qid)
+                cols["doc_id"].append(d)
+                cols["query"].append(data.queries.texts[qid])
+                cols["document"].append(data.corpus.texts[d])
+                cols["rank"].append(rank)
+                cols["first_stage_score"].append(s)
+                cols["relevance"].append(rel)
+                if teacher:
+                    overlap = len(words(data.queries.texts[qid]) & doc_words[d])
+                    cols["label"].append(-4.0 + 1.5 * overlap ** 0.5 + 8.0 * rel)
+        return cols
+
+    def table(cols: dict[str, list]):
+        types = {"rank": pa.int32(), "first_stage_score": pa.float32(), "relevance": pa.float32(), "label": pa.float32()}
+        return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in cols.items()})
+
+    train = rows(split.train, train_top_k, add_positives=True, teacher=True)
+    write_parquet(run_dir / "train_pairs.parquet", table({k: v for k, v in train.items() if k != "label"}))
+    write_parquet(run_dir / "scores.parquet", table(train))
+    write_parquet(run_dir / "heldout_candidates.parquet", table(rows(split.heldout, eval_top_k, add_positives=False, teacher=False)))
+    write_json(run_dir / "qrels_heldout.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.heldout})
+    write_json(run_dir / "split.json", split.model_dump())
+    labels = train["label"]
+    write_json(
+        run_dir / "scores.meta.json",
+        {
+            "teachers": [{"id": "toy-lexical-teacher", "type": "file", "revision": None, "weight": 1.0}],
+            "score_space": "raw_logit",
+            "labels": {"count": len(labels), "min": min(labels), "max": max(labels), "mean": sum(labels) / len(labels)},
+            "warnings": [],
+        },
+    )
+    return run_dir

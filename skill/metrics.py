@@ -1,0 +1,267 @@
+"""Ranking metrics, paired significance tests and the verdict rule — no benchmark, no model.
+
+Metrics are computed by `pytrec_eval` (trec_eval's own C code, what BEIR and MTEB report)
+when every relevance grade is an integer; fractional grades go through `exact_metrics`, a
+small implementation of the same definitions (the tests check the two agree). Definitions:
+
+- graded relevance from the qrels; a document is relevant when its grade is > 0;
+- NDCG@10: gain = grade (linear, as trec_eval), discount log2(rank + 1), ideal ranking built
+  from ALL judged documents of the query, so positives the first stage missed count against it;
+- MRR@10: 1 / rank of the first relevant document in the top 10, else 0;
+- MAP: average precision over the ranked list, divided by the number of ALL relevant documents;
+- Recall@k: relevant documents in the top k / all relevant documents of the query.
+
+Ties in a system's scores are broken by the first stage's rank (what a stable sort over the
+candidates does in production), so every ranking is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Rankings = Mapping[str, Sequence[str]]  # query id -> doc ids, best first
+QrelsMap = Mapping[str, Mapping[str, float]]  # query id -> doc id -> grade
+
+CUTOFF = 10
+Verdict = str  # "WIN" | "MARGINAL" | "REGRESSION"
+
+
+def metric_names(k: int) -> list[str]:
+    """The metrics every system gets; `k` is the candidate depth (Recall@K)."""
+    names = ["ndcg@10", "mrr@10", "map", "recall@10"]
+    if k != CUTOFF:
+        names.append(f"recall@{k}")
+    return names
+
+
+def rank(doc_ids: Sequence[str], scores: Sequence[float], first_stage_rank: Sequence[int]) -> list[str]:
+    """Doc ids sorted by score (descending); ties keep the first stage's order. NaN sorts last."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    order = np.lexsort((np.asarray(first_stage_rank), -s))
+    return [doc_ids[i] for i in order]
+
+
+def has_positive(grades: Mapping[str, float]) -> bool:
+    return any(g > 0 for g in grades.values())
+
+
+def evaluate_rankings(rankings: Rankings, qrels: QrelsMap, k: int, *, engine: str = "auto") -> dict[str, dict[str, float]]:
+    """Per-query metrics for every query in `qrels` with at least one positive.
+
+    A query the system returned nothing for scores 0 on every metric. `engine`: "auto"
+    (pytrec_eval for integer grades, else exact), "pytrec_eval" or "exact".
+    """
+    judged = {q: {d: max(float(g), 0.0) for d, g in grades.items()} for q, grades in qrels.items() if has_positive(grades)}
+    if engine == "auto":
+        integral = all(float(g).is_integer() for grades in judged.values() for g in grades.values())
+        engine = "pytrec_eval" if integral and _pytrec_available() else "exact"
+    if engine == "exact":
+        return {q: exact_metrics(list(rankings.get(q, ())), grades, k) for q, grades in judged.items()}
+    return _pytrec_metrics(rankings, judged, k)
+
+
+def _pytrec_available() -> bool:
+    try:
+        import pytrec_eval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pytrec_metrics(rankings: Rankings, judged: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, float]]:
+    import pytrec_eval
+
+    qrels = {q: {d: int(g) for d, g in grades.items()} for q, grades in judged.items()}
+    # trec_eval re-sorts by score: hand it strictly decreasing pseudo-scores in our order.
+    full = {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} for q, docs in rankings.items() if q in judged and docs}
+    top = {q: {d: s for d, s in run.items() if s > len(run) - CUTOFF} for q, run in full.items()}
+    recall_cuts = sorted({CUTOFF, k})
+    res_full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "map", "recall." + ",".join(map(str, recall_cuts))}).evaluate(full)
+    res_top = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top)
+    names = metric_names(k)
+    out: dict[str, dict[str, float]] = {}
+    for q in judged:
+        if q not in res_full:
+            out[q] = dict.fromkeys(names, 0.0)
+            continue
+        r = res_full[q]
+        row = {"ndcg@10": r["ndcg_cut_10"], "mrr@10": res_top.get(q, {}).get("recip_rank", 0.0), "map": r["map"], "recall@10": r["recall_10"]}
+        if k != CUTOFF:
+            row[f"recall@{k}"] = r[f"recall_{k}"]
+        out[q] = row
+    return out
+
+
+def exact_metrics(ranking: Sequence[str], grades: Mapping[str, float], k: int) -> dict[str, float]:
+    """The same definitions as trec_eval, in plain Python, for one query (any real-valued grades)."""
+    gains = {d: max(float(g), 0.0) for d, g in grades.items()}
+    relevant = {d for d, g in gains.items() if g > 0}
+    n_rel = len(relevant)
+    ranking = list(ranking)
+    dcg = sum(gains.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranking[:CUTOFF]))
+    ideal = sorted(gains.values(), reverse=True)[:CUTOFF]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    mrr = next((1.0 / (i + 1) for i, d in enumerate(ranking[:CUTOFF]) if d in relevant), 0.0)
+    hits, ap = 0, 0.0
+    for i, d in enumerate(ranking):
+        if d in relevant:
+            hits += 1
+            ap += hits / (i + 1)
+    row = {
+        "ndcg@10": dcg / idcg if idcg > 0 else 0.0,
+        "mrr@10": mrr,
+        "map": ap / n_rel if n_rel else 0.0,
+        "recall@10": len(relevant.intersection(ranking[:CUTOFF])) / n_rel if n_rel else 0.0,
+    }
+    if k != CUTOFF:
+        row[f"recall@{k}"] = len(relevant.intersection(ranking[:k])) / n_rel if n_rel else 0.0
+    return row
+
+
+def column(per_query: Mapping[str, Mapping[str, float]], metric: str, queries: Sequence[str]) -> np.ndarray:
+    return np.array([per_query[q][metric] for q in queries], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty
+
+
+def mean_ci(values: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 12) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over queries."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2 or np.ptp(x) == 0:
+        m = float(x.mean()) if len(x) else float("nan")
+        return (m, m)
+    from scipy import stats
+
+    res = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+@dataclass
+class Paired:
+    """`a − b` over the same queries: mean difference, bootstrap CI, two-sided randomisation p-value."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    queries: int
+    better: int  # queries where a > b
+    worse: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 12) -> Paired:
+    """Paired randomisation (sign-flip) test over queries plus a percentile bootstrap CI of the mean difference.
+
+    With 2**n <= resamples the randomisation distribution is enumerated exactly.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.shape} vs {y.shape}")
+    d = x - y
+    n = len(d)
+    better, worse = int((d > 0).sum()), int((d < 0).sum())
+    if n == 0:
+        return Paired(float("nan"), float("nan"), float("nan"), float("nan"), 0, 0, 0)
+    delta = float(d.mean())
+    if not d.any():
+        return Paired(0.0, 0.0, 0.0, 1.0, n, 0, 0)
+    from scipy import stats
+
+    lo, hi = mean_ci(d, resamples=resamples, confidence=confidence, seed=seed)
+    perm = stats.permutation_test(
+        (x, y),
+        lambda u, v, axis: np.mean(u - v, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=resamples,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed + 1),
+    )
+    return Paired(delta, lo, hi, float(min(1.0, perm.pvalue)), n, better, worse)
+
+
+def verdict(delta: float, p_value: float, *, margin: float = 0.01, alpha: float = 0.05) -> Verdict:
+    """WIN: delta >= +margin and p < alpha. REGRESSION: delta <= -margin, or delta < 0 and p < alpha. Else MARGINAL."""
+    if not math.isfinite(delta):
+        return "MARGINAL"
+    significant = math.isfinite(p_value) and p_value < alpha
+    if delta >= margin and significant:
+        return "WIN"
+    if delta <= -margin or (delta < 0 and significant):
+        return "REGRESSION"
+    return "MARGINAL"
+
+
+# ---------------------------------------------------------------------------------------------
+# Score agreement (teacher ↔ student) and spread
+
+
+def per_query_groups(query_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Row indices of each query, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(query_ids):
+        groups.setdefault(q, []).append(i)
+    return {q: np.asarray(ix) for q, ix in groups.items()}
+
+
+def fidelity(student: Sequence[float], teacher: Sequence[float], query_ids: Sequence[str]) -> dict:
+    """Mean per-query Spearman and Kendall (tau-b) correlation, and MSE on the raw scores.
+
+    Queries where either side is constant have no correlation; they are counted, not averaged.
+    """
+    from scipy import stats
+
+    s, t = np.asarray(student, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
+    ok = np.isfinite(s) & np.isfinite(t)
+    rhos, taus, undefined = [], [], 0
+    for ix in per_query_groups(query_ids).values():
+        ix = ix[ok[ix]]
+        if len(ix) < 2 or np.ptp(s[ix]) == 0 or np.ptp(t[ix]) == 0:
+            undefined += 1
+            continue
+        rhos.append(stats.spearmanr(s[ix], t[ix]).statistic)
+        taus.append(stats.kendalltau(s[ix], t[ix]).statistic)
+    return {
+        "spearman_mean": float(np.mean(rhos)) if rhos else None,
+        "kendall_mean": float(np.mean(taus)) if taus else None,
+        "mse": float(np.mean((s[ok] - t[ok]) ** 2)) if ok.any() else None,
+        "pairs": int(ok.sum()),
+        "queries": len(rhos),
+        "queries_undefined": undefined,
+    }
+
+
+def spread(scores: Sequence[float], query_ids: Sequence[str]) -> dict:
+    """Per-query standard deviation of the scores: median, 10th percentile, and share of ~constant queries."""
+    s = np.asarray(scores, dtype=np.float64)
+    stds = np.array([float(np.nanstd(s[ix])) if len(ix) > 1 else np.nan for ix in per_query_groups(query_ids).values()])
+    stds = stds[np.isfinite(stds)]
+    if not len(stds):
+        return {"median_std": None, "p10_std": None, "constant_share": None, "queries": 0}
+    return {
+        "median_std": float(np.median(stds)),
+        "p10_std": float(np.percentile(stds, 10)),
+        "constant_share": float(np.mean(stds < 1e-6)),
+        "queries": len(stds),
+    }
+
+
+def collapsed(student_median_std: float | None, teacher_median_std: float | None, *, ratio: float = 0.1, floor: float = 1e-4) -> tuple[bool, str]:
+    """Collapse rule: median per-query spread < `floor`, or < `ratio` × the teacher's median spread."""
+    if student_median_std is None:
+        return False, "no spread measured"
+    if student_median_std < floor:
+        return True, f"median per-query score spread {student_median_std:.3g} < {floor:g}"
+    if teacher_median_std and student_median_std < ratio * teacher_median_std:
+        return True, f"median per-query score spread {student_median_std:.3g} < {ratio:g} × teacher's {teacher_median_std:.3g}"
+    return False, f"median per-query score spread {student_median_std:.3g}" + (f" ({student_median_std / teacher_median_std:.2f} × teacher's)" if teacher_median_std else "")

@@ -1,0 +1,207 @@
+"""`render`: turn a size (and overrides) into a standalone training script, runs/NAME/train.py.
+
+Safe by construction: the Jinja environment is strict (an undefined variable is an error) and
+every value reaches the template through `pyrepr`, which accepts only plain data and emits a
+Python literal — a model id holding quotes, newlines or code stays an inert string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from skill.config import TrainConfig
+from skill.envelope import Result
+from skill.errors import SkillError, invalid
+from skill.io import hash_file, write_text
+from skill.manifest import Run, Stage
+from skill.resources import resource_dir
+from skill.sizes import shared, size_spec
+
+TEMPLATE = "train_reranker.py.j2"
+SCRIPT = "train.py"
+# On small data, aim for at least this many optimizer steps per epoch (see references/sizes-and-hyperparameters.md).
+MIN_STEPS_PER_EPOCH = 100
+
+
+def pyrepr(value: Any) -> str:
+    """A validated Python literal for `value`: None, bool, int, finite float, str, or lists/dicts of them."""
+    import jinja2
+
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError naming the missing variable
+    _check_literal(value)
+    return repr(value)  # repr escapes quotes, backslashes and line breaks: a str stays one inert literal
+
+
+def _check_literal(value: Any, depth: int = 0) -> None:
+    if depth > 8:
+        raise TypeError("value nested too deeply for a template literal")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"non-finite float {value!r} cannot be a template literal")
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_literal(v, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"dict key {k!r} is not a string")
+            _check_literal(v, depth + 1)
+        return
+    raise TypeError(f"{type(value).__name__} is not allowed in a rendered script (only plain literals)")
+
+
+def detect_base_kind(base: str) -> str:
+    """encoder, bi-encoder or reranker, from a local folder's files or, for a hub id, its name."""
+    path = Path(base)
+    if path.is_dir():
+        st_config = path / "config_sentence_transformers.json"
+        if st_config.exists():
+            try:
+                if json.loads(st_config.read_text(encoding="utf-8")).get("model_type") == "CrossEncoder":
+                    return "reranker"
+            except ValueError:
+                pass
+        hf_config = path / "config.json"
+        if hf_config.exists():
+            try:
+                architectures = json.loads(hf_config.read_text(encoding="utf-8")).get("architectures") or []
+            except ValueError:
+                architectures = []
+            if any(a.endswith("ForSequenceClassification") for a in architectures):
+                return "reranker"
+        return "bi-encoder" if (path / "modules.json").exists() else "encoder"
+    lowered = base.lower()
+    if lowered.startswith("cross-encoder/") or "rerank" in lowered:
+        return "reranker"
+    if lowered.startswith("sentence-transformers/"):
+        return "bi-encoder"
+    return "encoder"
+
+
+def resolve(cfg: TrainConfig) -> dict[str, Any]:
+    """Every template value, concrete: the size's defaults from ettin_sizes.yaml under the overrides."""
+    size = cfg.size or "17m"
+    spec, common = size_spec(size), shared()
+    base = cfg.base or spec.base
+    kind = cfg.base_kind if cfg.base_kind != "auto" else detect_base_kind(base)
+    global_batch = cfg.global_batch or spec.global_batch
+    per_device = min(cfg.per_device_batch or spec.per_device_batch, global_batch)
+    return {
+        "size": size,
+        "base": base,
+        "base_kind": kind,
+        "pooling": cfg.pooling or ("mean" if kind == "bi-encoder" else "cls"),
+        "head": cfg.head,
+        "loss": cfg.loss,
+        "label_transform": cfg.label_transform,
+        "list_size": cfg.list_size,
+        "learning_rate": cfg.learning_rate or spec.learning_rate,
+        "head_lr_multiplier": float(cfg.head_lr_multiplier),
+        "global_batch": global_batch,
+        "per_device_batch": per_device,
+        "epochs": float(cfg.epochs or common.epochs),
+        "warmup_ratio": float(cfg.warmup_ratio if cfg.warmup_ratio is not None else common.warmup_ratio),
+        "max_steps": cfg.max_steps,
+        "max_minutes": cfg.max_minutes,
+        "max_seq_length": cfg.max_seq_length or common.max_seq_length,
+        "eval_every": float(cfg.eval_every or common.eval_every),
+        "eval_queries": cfg.eval_queries,
+        "early_stopping_patience": cfg.early_stopping_patience if cfg.early_stopping_patience is not None else common.early_stopping_patience,
+        "seed": cfg.seed if cfg.seed is not None else common.seed,
+        "verdict_margin": common.verdict_margin,
+        "push_to_hub": cfg.push_to_hub,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["pyrepr"] = pyrepr
+    return env
+
+
+def render_script(values: dict[str, Any]) -> str:
+    """The training script's text; compiled once here so a broken render never reaches disk."""
+    import jinja2
+
+    try:
+        text = _environment().get_template(TEMPLATE).render(**values)
+    except (jinja2.UndefinedError, TypeError) as exc:
+        raise SkillError(f"cannot render {TEMPLATE}: {exc}", fix="report this: the template and the configuration disagree") from None
+    compile(text, SCRIPT, "exec")
+    return text
+
+
+def small_data_advice(n_pairs: int, values: dict[str, Any]) -> str | None:
+    """A warning with exact flags when the published global batch leaves too few optimizer steps."""
+    steps = n_pairs * values["epochs"] / values["global_batch"]
+    if values["max_steps"] or steps >= MIN_STEPS_PER_EPOCH:
+        return None
+    batch = max(16, 2 ** int(math.log2(max(16, n_pairs // MIN_STEPS_PER_EPOCH))))
+    lr = values["learning_rate"] * math.sqrt(batch / values["global_batch"])
+    return (
+        f"{n_pairs:,} training pairs at global batch {values['global_batch']} is only {steps:.0f} optimizer steps per epoch; "
+        f"for small data try --global-batch {batch} --learning-rate {lr:.2g} (references/sizes-and-hyperparameters.md)"
+    )
+
+
+def run_commands(run: Path) -> list[str]:
+    script = run / SCRIPT
+    return [f"python {script}", f"accelerate launch {script}", f"torchrun --nproc_per_node N {script}", f"SMOKE=1 python {script}", f"python {script} --resume"]
+
+
+def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
+    run_ = Run(run)
+    values = resolve(cfg)
+    text = render_script(values)
+    target = run_.file(SCRIPT)
+    previous = run_.stage("render")
+    warnings: list[str] = []
+    if target.exists() and not force:
+        recorded = (previous or {}).get("metrics", {}).get("script_sha256")
+        if recorded != hash_file(target) and target.read_text(encoding="utf-8") != text:
+            raise invalid(
+                "train.py was edited by hand (it differs from what render last wrote)",
+                where=str(target),
+                fix="keep your edits and run `python train.py`, or pass --force to overwrite it",
+            )
+    spec = size_spec(values["size"])
+    scores = run_.file("scores.parquet")
+    n_pairs = None
+    if scores.exists():
+        import pyarrow.parquet as pq
+
+        n_pairs = pq.ParquetFile(scores).metadata.num_rows
+        if advice := small_data_advice(n_pairs, values):
+            warnings.append(advice)
+    else:
+        warnings.append(f"{scores} does not exist yet: run `reranker-skill mine` and `reranker-skill score` before training")
+    stage = Stage(run_, "render", config=values, inputs={})
+    with stage.running():
+        write_text(target, text)
+        stage.outputs["script"] = SCRIPT
+        stage.metrics.update({"script_sha256": hash_file(target), "train_memory_gb_estimate": spec.train_memory_gb})
+    commands = run_commands(run_.path)
+    lines = [
+        f"wrote {target} (size {values['size']}, base {values['base']} as {values['base_kind']}, loss {values['loss']}, lr {values['learning_rate']:g}, global batch {values['global_batch']})",
+        "run it with one of:",
+        *(f"  {c}" for c in commands),
+        f"or: reranker-skill train --run {run_.path}",
+    ]
+    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands}
+    return Result(artifacts={"script": str(target)}, metrics=metrics, warnings=warnings, text="\n".join(lines))

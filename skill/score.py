@@ -1,0 +1,484 @@
+"""`score`: label every mined pair with a teacher — raw scores, resumable, shardable, fast.
+
+How the work is laid out, so that a kill, a rerun or N shards all give the same table:
+
+1. The training pairs and held-out candidates are deduplicated on (query text, document
+   text): identical pairs are scored once.
+2. The unique pairs are sorted by token length under the teacher's tokenizer (the "plan",
+   saved once) and cut into fixed chunks of `chunk_size` pairs. Chunk c belongs to shard
+   c mod n, so every shard sees short and long pairs alike.
+3. Inside a chunk, batches are packed to a token budget (short pairs pack many to a batch,
+   long pairs few), scored under `inference_mode`, and the chunk's scores are committed to
+   `score_work/<teacher>/chunk-NNNNNN.npy` by an atomic rename. A rerun skips committed
+   chunks, so `kill -9` loses at most the chunk in flight; since a chunk's batches depend
+   only on its content, the rerun's numbers are bit-identical.
+4. When every chunk of every teacher is present, the tables are assembled, labelled,
+   checked (NaN, collapse, saturation) and written. Shards that finish early stop there; the
+   last one (or `--merge`) writes the tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skill.config import ScoreConfig, TeacherSpec
+from skill.envelope import Result
+from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.io import atomic_path, hash_obj, read_json, read_parquet, write_json, write_parquet
+from skill.manifest import Run, Stage
+from skill.teacher import FileTeacher, ModelTeacher, Teacher, load_teacher, normalise_per_query
+
+OUTPUTS = {"scores": "scores.parquet", "heldout_scores": "heldout_scores.parquet", "meta": "scores.meta.json"}
+WORK = "score_work"
+COLLAPSE_RATIO = 0.1  # median within-query std below this share of the overall std: MSE learns the mean
+COLLAPSE_ABS = 1e-3
+
+
+def teacher_specs(teachers, types, weights, score_space: str | None) -> list[TeacherSpec]:
+    """Pair up repeated --teacher / --teacher-type / --weight flags."""
+    teachers, types, weights = list(teachers), list(types), list(weights)
+    if len(types) not in (0, 1, len(teachers)):
+        raise SkillError(f"{len(types)} --teacher-type for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --teacher-type per --teacher, or one for all")
+    if len(weights) not in (0, len(teachers)):
+        raise SkillError(f"{len(weights)} --weight for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --weight per --teacher")
+    types = types * len(teachers) if len(types) == 1 else types or ["auto"] * len(teachers)
+    weights = weights or [1.0] * len(teachers)
+    specs = []
+    for model, kind, weight in zip(teachers, types, weights, strict=True):
+        is_file = kind == "file" or (kind == "auto" and Path(model).expanduser().is_file())
+        specs.append(TeacherSpec(model=model, type=kind, weight=weight, score_space=score_space if is_file else None))
+    return specs
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """'i/n' (1-based) → (i-1, n)."""
+    if shard is None:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", shard.strip())
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise SkillError(f"--shard {shard!r} is not i/n with 1 <= i <= n", code=ExitCode.USAGE, fix="shards count from 1: use --shard 1/4 … --shard 4/4")
+    return int(m.group(1)) - 1, int(m.group(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The unique pairs of a run
+
+
+@dataclass
+class PairSet:
+    queries: list[str]  # unique pairs
+    docs: list[str]
+    first_row: list[tuple[str, str]]  # (query_id, doc_id) of a row holding each unique pair, for messages
+    train_map: np.ndarray  # train row -> unique pair index
+    held_map: np.ndarray
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def collect_pairs(train, held) -> PairSet:
+    index: dict[tuple[str, str], int] = {}
+    queries: list[str] = []
+    docs: list[str] = []
+    first: list[tuple[str, str]] = []
+    maps = []
+    for table in (train, held):
+        q, d = table.column("query").to_pylist(), table.column("document").to_pylist()
+        qid, did = table.column("query_id").to_pylist(), table.column("doc_id").to_pylist()
+        m = np.empty(len(q), dtype=np.int64)
+        for i, key in enumerate(zip(q, d, strict=True)):
+            j = index.get(key)
+            if j is None:
+                j = index[key] = len(queries)
+                queries.append(key[0])
+                docs.append(key[1])
+                first.append((qid[i], did[i]))
+            m[i] = j
+        maps.append(m)
+    import hashlib
+
+    h = hashlib.sha256()
+    for q, d in zip(queries, docs, strict=True):
+        h.update(q.encode())
+        h.update(b"\x00")
+        h.update(d.encode())
+        h.update(b"\x01")
+    return PairSet(queries, docs, first, maps[0], maps[1], h.hexdigest())
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring one teacher over the unique pairs, in committed chunks
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
+
+
+def next_batch(lengths: np.ndarray, start: int, *, token_budget: int, max_pairs: int) -> int:
+    """End of the batch starting at `start` over ascending lengths: at most `token_budget` padded tokens."""
+    end = start + 1
+    n = len(lengths)
+    while end < n and end - start < max_pairs and (end + 1 - start) * int(lengths[end]) <= token_budget:
+        end += 1
+    return end
+
+
+def make_batches(lengths: np.ndarray, *, token_budget: int, max_pairs: int) -> list[tuple[int, int]]:
+    """Cut ascending-length positions into [start, end) batches."""
+    out, start = [], 0
+    while start < len(lengths):
+        end = next_batch(lengths, start, token_budget=token_budget, max_pairs=max_pairs)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class ChunkScorer:
+    """Scores one teacher's chunks; the token budget halves on out-of-memory and stays halved."""
+
+    def __init__(self, teacher: ModelTeacher, pairs: PairSet, workdir: Path, config: ScoreConfig) -> None:
+        self.teacher = teacher
+        self.pairs = pairs
+        self.workdir = workdir
+        self.chunk_size = config.chunk_size
+        self.max_pairs = config.batch_size * 8
+        self.token_budget = config.token_budget or config.batch_size * min(config.max_length, 256)
+        self.halvings = 0
+
+    # The plan: unique-pair positions sorted by (token length, index); computed once per teacher.
+    def plan(self) -> tuple[np.ndarray, np.ndarray]:
+        plan_file, len_file = self.workdir / "plan.npy", self.workdir / "lengths.npy"
+        if plan_file.exists() and len_file.exists():
+            order, lengths = np.load(plan_file), np.load(len_file)
+            if len(order) == len(self.pairs):
+                return order, lengths
+        raw = self.teacher.lengths(list(zip(self.pairs.queries, self.pairs.docs, strict=True)))
+        order = np.lexsort((np.arange(len(raw)), raw)).astype(np.int64)
+        lengths = raw[order].astype(np.int32)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_json(self.workdir / "plan.json", {"teacher": self.teacher.describe(), "pairs": len(self.pairs), "pairs_sha256": self.pairs.digest, "chunk_size": self.chunk_size})
+        _save_npy(len_file, lengths)
+        _save_npy(plan_file, order)
+        return order, lengths
+
+    def n_chunks(self) -> int:
+        return max(1, math.ceil(len(self.pairs) / self.chunk_size))
+
+    def chunk_file(self, c: int) -> Path:
+        return self.workdir / f"chunk-{c:06d}.npy"
+
+    def done(self) -> set[int]:
+        return {c for c in range(self.n_chunks()) if self.chunk_file(c).exists()}
+
+    def _score_range(self, batch: list[tuple[str, str]]) -> np.ndarray:
+        import torch
+
+        try:
+            return self.teacher.score_batch(batch)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                raise SkillError(
+                    "out of memory on a single pair",
+                    code=ExitCode.RUNTIME_FAILURE,
+                    fix="lower --max-length, use a smaller teacher, or a GPU with more memory",
+                ) from None
+            self.halvings += 1
+            self.token_budget = max(1, self.token_budget // 2)
+            self.max_pairs = max(1, self.max_pairs // 2)
+            mid = len(batch) // 2
+            return np.concatenate([self._score_range(batch[:mid]), self._score_range(batch[mid:])])
+
+    def score_chunk(self, c: int, order: np.ndarray, lengths: np.ndarray, bar) -> np.ndarray:
+        lo, hi = c * self.chunk_size, min((c + 1) * self.chunk_size, len(order))
+        idx, lens = order[lo:hi], lengths[lo:hi]
+        out = np.empty(hi - lo, dtype=np.float32)
+        pos = 0
+        while pos < len(idx):
+            end = next_batch(lens, pos, token_budget=self.token_budget, max_pairs=self.max_pairs)
+            batch = [(self.pairs.queries[j], self.pairs.docs[j]) for j in idx[pos:end]]
+            out[pos:end] = self._score_range(batch)
+            bar.update(end - pos)
+            pos = end
+        bad = np.flatnonzero(~np.isfinite(out))
+        if len(bad):
+            qid, did = self.pairs.first_row[idx[bad[0]]]
+            raise SkillError(
+                f"teacher {self.teacher.name!r} returned {out[bad[0]]} for {len(bad)} pair(s), first (query {qid!r}, document {did!r})",
+                code=ExitCode.RUNTIME_FAILURE,
+                where=self.teacher.name,
+                fix="the teacher's weights or precision are broken: try --dtype fp32, or another teacher; nothing was written",
+            )
+        return out
+
+    def run(self, shard: tuple[int, int]) -> tuple[int, int, float]:
+        """Score this shard's missing chunks; returns (chunks scored, pairs scored, seconds)."""
+        from tqdm.auto import tqdm
+
+        order, lengths = self.plan()
+        i, n = shard
+        mine = [c for c in range(self.n_chunks()) if c % n == i]
+        todo = [c for c in mine if not self.chunk_file(c).exists()]
+        total = sum(min((c + 1) * self.chunk_size, len(order)) - c * self.chunk_size for c in mine)
+        remaining = sum(min((c + 1) * self.chunk_size, len(order)) - c * self.chunk_size for c in todo)
+        started = time.perf_counter()
+        with tqdm(total=total, initial=total - remaining, unit="pair", unit_scale=True, desc=f"score {Path(self.teacher.name).name}", file=sys.stderr, dynamic_ncols=True) as bar:
+            for c in todo:
+                scores = self.score_chunk(c, order, lengths, bar)
+                _save_npy(self.chunk_file(c), scores)
+        return len(todo), remaining, time.perf_counter() - started
+
+    def assemble(self) -> np.ndarray | None:
+        if len(self.done()) < self.n_chunks():
+            return None
+        order, _ = self.plan()
+        out = np.empty(len(order), dtype=np.float32)
+        for c in range(self.n_chunks()):
+            lo, hi = c * self.chunk_size, min((c + 1) * self.chunk_size, len(order))
+            arr = np.load(self.chunk_file(c))
+            if len(arr) != hi - lo:
+                raise invalid(f"chunk {c} holds {len(arr)} scores, expected {hi - lo}", where=str(self.chunk_file(c)), fix="delete the score_work folder and rerun score")
+            out[order[lo:hi]] = arr
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and warnings
+
+
+def label_statistics(labels: np.ndarray, groups: list[str]) -> tuple[dict, dict, dict]:
+    """Overall stats, per-query stats {qid: {n, mean, std, min, max}} and a summary of per-query spread."""
+    labels = labels.astype(np.float64)
+    q = np.percentile(labels, [1, 5, 50, 95, 99])
+    overall = {
+        "n": len(labels),
+        "mean": float(labels.mean()),
+        "std": float(labels.std()),
+        "min": float(labels.min()),
+        "p01": float(q[0]),
+        "p05": float(q[1]),
+        "p50": float(q[2]),
+        "p95": float(q[3]),
+        "p99": float(q[4]),
+        "max": float(labels.max()),
+        "fraction_in_0_1": float(((labels >= 0) & (labels <= 1)).mean()),
+    }
+    per_query: dict[str, dict] = {}
+    garr = np.asarray(groups, dtype=object)
+    order = np.argsort(garr, kind="stable")
+    g, s = garr[order], labels[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    stds = []
+    for a, b in itertools.pairwise(bounds):
+        part = s[a:b]
+        per_query[str(g[a])] = {"n": int(b - a), "mean": round(float(part.mean()), 6), "std": round(float(part.std()), 6), "min": round(float(part.min()), 6), "max": round(float(part.max()), 6)}
+        if b - a >= 2:
+            stds.append(float(part.std()))
+    spread = {}
+    if stds:
+        ps = np.percentile(stds, [10, 50, 90])
+        spread = {"queries": len(stds), "within_query_std_p10": float(ps[0]), "within_query_std_p50": float(ps[1]), "within_query_std_p90": float(ps[2])}
+        spread["ratio_to_overall_std"] = float(ps[1] / overall["std"]) if overall["std"] > 0 else 0.0
+    return overall, per_query, spread
+
+
+def label_warnings(overall: dict, spread: dict, space: str) -> list[str]:
+    warnings = []
+    if spread:
+        med = spread["within_query_std_p50"]
+        if med < COLLAPSE_ABS or (space != "normalised" and spread["ratio_to_overall_std"] < COLLAPSE_RATIO):
+            warnings.append(
+                f"per-query label spread has collapsed (median within-query std {med:.3g} vs overall std {overall['std']:.3g}): "
+                "MSE would teach only each query's mean score — use a stronger teacher, an ensemble, or check that the candidates differ"
+            )
+    if overall["n"] >= 10 and space == "raw_logit" and overall["fraction_in_0_1"] == 1.0:
+        warnings.append(
+            f"every label lies in [0, 1] (min {overall['min']:.3g}, max {overall['max']:.3g}) although raw logits were expected: "
+            "they look Sigmoid-squashed — make the teacher emit raw scores (activation Identity), or declare --score-space probability for a file"
+        )
+    if space == "probability":
+        lo_hi = overall["p05"] < 0.02 and overall["p95"] > 0.98
+        if lo_hi:
+            warnings.append("labels are probabilities saturated near 0 and 1: MSE on them gives almost no gradient between candidates; prefer raw logits")
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _teacher_workdir(run: Run, teacher: ModelTeacher, pairs: PairSet, chunk_size: int) -> Path:
+    key = hash_obj({"teacher": teacher.fingerprint, "pairs": pairs.digest, "chunk_size": chunk_size})[:16]
+    return run.path / WORK / f"{Path(teacher.name).name[:40]}-{key}"
+
+
+def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merge_only: bool = False) -> Result:
+    """Score the run's training pairs and held-out candidates; write scores.parquet, heldout_scores.parquet, scores.meta.json."""
+    run = Run(run_dir)
+    if not config.teachers:
+        raise SkillError("no teacher given", code=ExitCode.USAGE, fix="pass --teacher MODEL_OR_FILE")
+    shard = parse_shard(config.shard)
+    run.require_stage("mine", needed_by="score")
+    train_path, held_path = run.file("train_pairs.parquet"), run.file("heldout_candidates.parquet")
+    for p in (train_path, held_path):
+        if not p.exists():
+            raise missing("a `mine` output is missing", where=str(p), fix=f"rerun `reranker-skill mine --run {run.path} ... --force`")
+
+    from skill.teacher import model_identity
+
+    cfg_dump = config.model_dump(mode="json")
+    for key in ("shard", "device", "batch_size", "token_budget"):
+        cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
+    cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
+    stage = Stage(run, "score", config=cfg_dump, inputs={"train_pairs": train_path, "heldout_candidates": held_path})
+    if not force and shard[1] == 1 and stage.fresh():
+        prev = stage.previous or {}
+        return Result(
+            artifacts={k: str(run.file(v)) for k, v in prev.get("outputs", {}).items()},
+            metrics={**prev.get("metrics", {}), "skipped": True},
+            text=f"score: up to date in {run.path} (use --force to redo)",
+        )
+
+    # Load (and validate) every teacher before any work, so a bad input writes nothing.
+    teachers: list[Teacher] = [
+        load_teacher(spec, max_length=config.max_length, device=config.device, dtype=config.dtype, backend=config.backend) for spec in config.teachers
+    ]
+    train, held = read_parquet(train_path), read_parquet(held_path)
+    pairs = collect_pairs(train, held)
+    rows_train, rows_held = train.num_rows, held.num_rows
+
+    raw_train: list[np.ndarray] = []
+    raw_held: list[np.ndarray] = []
+    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held - len(pairs)}
+    warnings: list[str] = []
+    incomplete: list[str] = []
+    timing = {"pairs_scored": 0, "seconds": 0.0, "chunks_scored": 0}
+    for t in teachers:
+        if isinstance(t, FileTeacher):
+            tr = t.lookup(train.column("query_id").to_pylist(), train.column("doc_id").to_pylist(), train.column("query").to_pylist(), train.column("document").to_pylist())
+            missing_rows = np.flatnonzero(np.isnan(tr))
+            if len(missing_rows):
+                r = int(missing_rows[0])
+                raise invalid(
+                    f"the scores file has no score for {len(missing_rows)} of {rows_train} training pairs (first: query {train.column('query_id')[r].as_py()!r}, document {train.column('doc_id')[r].as_py()!r})",
+                    where=t.name,
+                    fix="score every row of train_pairs.parquet (match on query_id+doc_id or on query+document text); nothing was written",
+                )
+            hd = t.lookup(held.column("query_id").to_pylist(), held.column("doc_id").to_pylist(), held.column("query").to_pylist(), held.column("document").to_pylist())
+            n_missing = int(np.isnan(hd).sum())
+            if n_missing:
+                warnings.append(f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only")
+            if t.inferred_space and t.score_space == "probability":
+                warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
+            raw_train.append(tr)
+            raw_held.append(hd)
+            continue
+        scorer = ChunkScorer(t, pairs, _teacher_workdir(run, t, pairs, config.chunk_size), config)
+        if not merge_only:
+            try:
+                chunks, n_scored, secs = scorer.run(shard)
+            except SkillError:
+                if scorer.workdir.exists():
+                    shutil.rmtree(scorer.workdir, ignore_errors=True)  # a broken teacher's chunks are worthless
+                raise
+            timing["chunks_scored"] += chunks
+            timing["pairs_scored"] += n_scored
+            timing["seconds"] += secs
+            if scorer.halvings:
+                warnings.append(f"out of memory: halved the batch {scorer.halvings} time(s) (token budget now {scorer.token_budget})")
+        full = scorer.assemble()
+        if full is None:
+            incomplete.append(f"{t.name}: {len(scorer.done())}/{scorer.n_chunks()} chunks")
+            continue
+        raw_train.append(full[pairs.train_map])
+        raw_held.append(full[pairs.held_map])
+        metrics.setdefault("chunks_total", 0)
+        metrics["chunks_total"] += scorer.n_chunks()
+    metrics.update(timing)
+    if timing["seconds"] > 0:
+        metrics["pairs_per_second"] = round(timing["pairs_scored"] / timing["seconds"], 1)
+    if incomplete:
+        text = f"score: shard {config.shard or '1/1'} done; waiting for other shards ({'; '.join(incomplete)}). Run `reranker-skill score --run {run.path} --teacher ... --merge` once all shards finish."
+        return Result(metrics={**metrics, "merged": False, "incomplete": incomplete}, warnings=warnings, text=text)
+
+    # Combine teachers.
+    if len(teachers) == 1:
+        label, teacher_score = raw_train[0], raw_held[0]
+        space = teachers[0].score_space
+    else:
+        gtrain = np.asarray(train.column("query_id").to_pylist(), dtype=object)
+        gheld = np.asarray(held.column("query_id").to_pylist(), dtype=object)
+        wsum = sum(t.weight for t in teachers)
+        label = sum(t.weight * normalise_per_query(s, gtrain) for t, s in zip(teachers, raw_train, strict=True)) / wsum
+        teacher_score = sum(t.weight * normalise_per_query(np.nan_to_num(s), gheld) for t, s in zip(teachers, raw_held, strict=True)) / wsum
+        held_nan = np.any([np.isnan(s) for s in raw_held], axis=0)
+        teacher_score = np.where(held_nan, np.nan, teacher_score)
+        space = "normalised"
+    label = np.asarray(label, dtype=np.float32)
+    teacher_score = np.asarray(teacher_score, dtype=np.float32)
+    if not np.isfinite(label).all():
+        raise SkillError("teacher labels contain NaN or inf", code=ExitCode.RUNTIME_FAILURE, fix="check the teacher; nothing was written")
+
+    groups = train.column("query_id").to_pylist()
+    overall, per_query, spread = label_statistics(label, groups)
+    warnings += label_warnings(overall, spread, space)
+    held_valid = teacher_score[np.isfinite(teacher_score)]
+    meta = {
+        "teachers": [t.describe() for t in teachers],
+        "score_space": space,
+        "ensemble": None if len(teachers) == 1 else {"normalisation": "per-query z-score", "combination": "weighted mean"},
+        "label_stats": overall,
+        "per_query_spread": spread,
+        "per_query": per_query,
+        "heldout_teacher_stats": {"n": len(held_valid), "mean": float(held_valid.mean()) if len(held_valid) else None, "std": float(held_valid.std()) if len(held_valid) else None},
+        "pairs": rows_train,
+        "heldout_pairs": rows_held,
+        "unique_pairs": len(pairs),
+        "max_length": config.max_length,
+        "chunk_size": config.chunk_size,
+        "warnings": warnings,
+    }
+
+    import pyarrow as pa
+
+    with stage.running():
+        write_parquet(run.file(OUTPUTS["scores"]), train.append_column("label", pa.array(label, pa.float32())))
+        write_parquet(run.file(OUTPUTS["heldout_scores"]), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
+        write_json(run.file(OUTPUTS["meta"]), meta)
+        stage.outputs.update(OUTPUTS)
+        stage.metrics.update({**metrics, "score_space": space, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
+
+    lines = [
+        f"score: {', '.join(t.name for t in teachers)} → {run.path}",
+        f"  pairs: {rows_train:,} train + {rows_held:,} held-out ({metrics['duplicates_skipped']:,} duplicates scored once)",
+        f"  score space: {space}; labels mean {overall['mean']:.3f}, std {overall['std']:.3f}, range [{overall['min']:.3f}, {overall['max']:.3f}]",
+    ]
+    if spread:
+        lines.append(f"  within-query std: median {spread['within_query_std_p50']:.3f} (p10 {spread['within_query_std_p10']:.3f}, p90 {spread['within_query_std_p90']:.3f})")
+    if metrics.get("pairs_per_second"):
+        lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs")
+    return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**metrics, "merged": True, "score_space": space}, warnings=warnings, text="\n".join(lines))
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    return read_json(Path(run_dir) / OUTPUTS["meta"])
