@@ -181,7 +181,6 @@ def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, map
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge finished shards into the tables.")
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: export a cross-encoder teacher to ONNX for CPU scoring.")
 @click.option("--force", is_flag=True, help="Redo even if up to date (finished chunks are still reused).")
 def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, **options) -> Result:
     """Score every mined pair (training and held-out) with a teacher; raw scores, resumable, shardable."""

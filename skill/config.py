@@ -66,7 +66,6 @@ class ScoreConfig(_Section):
     shard: str | None = Field(None, pattern=r"^\d+/\d+$")  # "i/n", 1-based
     device: str | None = None
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 elsewhere
-    backend: Literal["torch", "onnx"] = "torch"
 
 
 class TrainConfig(_Section):

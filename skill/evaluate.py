@@ -196,20 +196,26 @@ class Scored:
 
 
 def score_with_timing(model, ho: HeldOut, *, batch_size: int, desc: str) -> Scored:
-    """Score every held-out pair one query at a time (a query's candidates are one request), timing each."""
+    """Score every held-out pair with a CrossEncoder, one query's candidates per request, timing each."""
+    scores, latencies = time_scoring(lambda pairs: model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True), ho, desc=desc)
+    return Scored(scores, latencies, str(model.device), int(sum(p.numel() for p in model.parameters())))
+
+
+def time_scoring(score_fn, ho: HeldOut, *, desc: str) -> tuple[np.ndarray, list[float]]:
+    """`score_fn(pairs) -> scores` over each query's candidates; returns all scores and the seconds per query."""
     from tqdm.auto import tqdm
 
     scores = np.full(len(ho.query_ids), np.nan, dtype=np.float64)
     first = next(iter(ho.groups.values()))
-    model.predict([(ho.queries[i], ho.documents[i]) for i in first[: min(len(first), batch_size)]], batch_size=batch_size, show_progress_bar=False)  # warm-up
+    score_fn([(ho.queries[i], ho.documents[i]) for i in first])  # warm-up, not timed
     latencies = []
     for ix in tqdm(list(ho.groups.values()), desc=desc, unit="query", file=sys.stderr, leave=False):
         pairs = [(ho.queries[i], ho.documents[i]) for i in ix]
         start = time.perf_counter()
-        out = model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+        out = score_fn(pairs)
         latencies.append(time.perf_counter() - start)
         scores[ix] = np.asarray(out, dtype=np.float64).reshape(-1)
-    return Scored(scores, latencies, str(model.device), int(sum(p.numel() for p in model.parameters())))
+    return scores, latencies
 
 
 def cost_summary(latencies_s: list[float], pairs: int, *, size_mb: float | None, parameters: int | None, device: str, batch_size: int) -> dict:
@@ -292,6 +298,7 @@ def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, 
 
 
 def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> dict | None:
+    """Load the teacher(s) as `score` did (skill.teacher) and time them on the same held-out pairs."""
     meta_path = run.file("scores.meta.json")
     if not meta_path.exists():
         notes.append("--teacher: no scores.meta.json (run `score` first): teacher cost not measured")
@@ -300,29 +307,47 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
     if not teachers:
         notes.append("--teacher: scores.meta.json lists no teachers: teacher cost not measured")
         return None
+    from skill.config import TeacherSpec
+    from skill.teacher import load_teacher
+
+    score_cfg = (run.stage("score") or {}).get("config") or {}
+    max_length = int(score_cfg.get("max_length") or 512)
     latencies: np.ndarray | None = None
     sizes, params, devices, ids = [], [], [], []
     for t in teachers:
-        tid = str(t.get("id") or t.get("model") or "")
-        ttype = t.get("type", "auto")
-        if ttype in ("file", "bi-encoder") or not tid:
-            notes.append(f"teacher {tid or '?'} ({ttype}) is not a cross-encoder this command can time: teacher cost not measured")
+        tid, ttype = str(t.get("id") or t.get("model") or ""), t.get("type", "auto")
+        if ttype == "file" or not tid:
+            notes.append(f"teacher {tid or '?'} is a scores file: there is no teacher model to time")
             return None
         try:
-            check_reranker(tid, "teacher")
-            model = _load(tid, "teacher", cfg)
+            teacher = load_teacher(TeacherSpec(model=tid, type=ttype, weight=float(t.get("weight", 1.0))), max_length=max_length, device=cfg.device, dtype=t.get("dtype") or "auto")
         except SkillError as err:
             notes.append(f"teacher {tid} not loadable here ({err.message}): teacher cost not measured")
             return None
-        scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc=f"timing teacher {Path(tid).name}")
-        lat = np.asarray(scored.latencies_s)
-        latencies = lat if latencies is None else latencies + lat  # an ensemble runs every member
+        except Exception as exc:
+            notes.append(f"teacher {tid} not loadable here ({type(exc).__name__}): teacher cost not measured")
+            return None
+        bs = cfg.batch_size
+
+        def score_fn(pairs, teacher=teacher, bs=bs):
+            return np.concatenate([np.asarray(teacher.score_batch(pairs[i : i + bs]), dtype=np.float64) for i in range(0, len(pairs), bs)])
+
+        _, lat = time_scoring(score_fn, ho, desc=f"timing teacher {Path(tid).name}")
+        latencies = np.asarray(lat) if latencies is None else latencies + np.asarray(lat)  # an ensemble runs every member
+        model = getattr(teacher, "model", None)
         sizes.append(folder_size_mb(tid))
-        params.append(scored.parameters)
-        devices.append(scored.device)
+        params.append(int(sum(p.numel() for p in model.parameters())) if hasattr(model, "parameters") else None)
+        devices.append(str(getattr(teacher, "device", "?")))
         ids.append(tid)
-        del model
-    cost = cost_summary(list(latencies), len(ho.query_ids), size_mb=sum(sizes) if all(s is not None for s in sizes) else None, parameters=sum(params), device=",".join(sorted(set(devices))), batch_size=cfg.batch_size)
+        del teacher, model
+    cost = cost_summary(
+        list(latencies),
+        len(ho.query_ids),
+        size_mb=sum(sizes) if all(x is not None for x in sizes) else None,
+        parameters=sum(params) if all(x is not None for x in params) else None,
+        device=",".join(sorted(set(devices))),
+        batch_size=cfg.batch_size,
+    )
     cost["models"] = ids
     return cost
 
@@ -411,10 +436,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
         sc = score_with_timing(m, ho, batch_size=cfg.batch_size, desc=f"scoring {name}")
         del m
         systems.append(System(name, "model", spec, sc.scores, cost_summary(sc.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(spec), parameters=sc.parameters, device=sc.device, batch_size=cfg.batch_size)))
-    if cfg.nanobeir:
-        nanobeir = _nanobeir(systems, cfg, notes)
-    else:
-        nanobeir = {"skipped": "not requested (--nanobeir)"}
+    nanobeir = _nanobeir(systems, cfg, notes) if cfg.nanobeir else {"skipped": "not requested (--nanobeir)"}
 
     with stage.running():
         report = build_report(run, ho, systems, cfg, notes, nanobeir)
@@ -475,7 +497,6 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         if s.kind == "model":
             comparisons.append(compare("student", s.name))
 
-    student = next(s for s in systems if s.kind == "student")
     spreads = {s.name: M.spread(s.scores, ho.query_ids) for s in systems if s.kind != "first_stage"}
     fid = {s.name: M.fidelity(s.scores, teacher.scores, ho.query_ids) for s in systems if teacher and s.kind in ("student", "base", "model")}
     is_collapsed, collapse_detail = M.collapsed(

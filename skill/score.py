@@ -361,7 +361,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
 
     # Load (and validate) every teacher before any work, so a bad input writes nothing.
     teachers: list[Teacher] = [
-        load_teacher(spec, max_length=config.max_length, device=config.device, dtype=config.dtype, backend=config.backend) for spec in config.teachers
+        load_teacher(spec, max_length=config.max_length, device=config.device, dtype=config.dtype) for spec in config.teachers
     ]
     train, held = read_parquet(train_path), read_parquet(held_path)
     pairs = collect_pairs(train, held)

@@ -136,7 +136,7 @@ class ModelTeacher:
 
     @property
     def fingerprint(self) -> str:
-        return hash_obj({"model": model_identity(self.name), "type": self.type, "max_length": self.max_length, "dtype": self.dtype, "backend": self.extra.get("backend", "torch")})
+        return hash_obj({"model": model_identity(self.name), "type": self.type, "max_length": self.max_length, "dtype": self.dtype})
 
     def describe(self) -> dict:
         return {"id": self.name, "type": self.type, "revision": self.revision, "weight": self.weight, "score_space": self.score_space, "dtype": self.dtype}
@@ -188,23 +188,14 @@ class CrossEncoderTeacher(ModelTeacher):
     """Any sentence-transformers CrossEncoder, forced to raw scores (activation Identity)."""
 
     @classmethod
-    def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str, backend: str, kind: str = "cross-encoder") -> CrossEncoderTeacher:
+    def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str, kind: str = "cross-encoder") -> CrossEncoderTeacher:
         from skill.modeling import load_reranker
 
         device = _resolve_device(device)
         dtype = _resolve_dtype(dtype, device)
-        kwargs: dict = {}
-        if backend == "onnx":
-            if device.startswith("cuda"):
-                raise SkillError("--backend onnx is for CPU teachers", code=ExitCode.USAGE, fix="drop --backend onnx on a GPU")
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                raise prerequisite("--backend onnx needs onnxruntime", fix='pip install "reranker-skill[onnx]"') from None
-            kwargs["backend"] = "onnx"
         path = Path(spec.model).expanduser()
         try:
-            model = load_reranker(str(path) if path.exists() else spec.model, device=device, **kwargs)
+            model = load_reranker(str(path) if path.exists() else spec.model, device=device)
         except SkillError:
             raise
         except Exception as exc:
@@ -217,7 +208,7 @@ class CrossEncoderTeacher(ModelTeacher):
         model.eval()
         if dtype != "fp32":
             model.to(_torch_dtype(dtype))
-        teacher = cls(name=spec.model, type=kind, weight=spec.weight, score_space="raw_logit", max_length=max_length, device=device, model=model, dtype=dtype, extra={"backend": backend})
+        teacher = cls(name=spec.model, type=kind, weight=spec.weight, score_space="raw_logit", max_length=max_length, device=device, model=model, dtype=dtype)
         teacher.revision = _revision(spec.model, model)
         return teacher
 
@@ -229,9 +220,7 @@ class CrossEncoderTeacher(ModelTeacher):
         from sentence_transformers.util import batch_to_device
 
         with torch.inference_mode():
-            features = self.model.preprocess(list(pairs))
-            if self.extra.get("backend", "torch") == "torch":
-                features = batch_to_device(features, self.model.device)
+            features = batch_to_device(self.model.preprocess(list(pairs)), self.model.device)
             scores = self.model(features)["scores"]
             return scores.float().reshape(len(pairs), -1)[:, 0].cpu().numpy()
 
@@ -269,7 +258,7 @@ class MxbaiPackageTeacher(ModelTeacher):
 def load_mxbai(spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> ModelTeacher:
     """Through sentence-transformers when it loads the model with a LogitScore("1", "0") head, else the package."""
     try:
-        teacher = CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype, backend="torch", kind="mxbai-v2")
+        teacher = CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype, kind="mxbai-v2")
     except SkillError as err:
         if err.code == ExitCode.MISSING_RESOURCE and not Path(spec.model).expanduser().exists() and _hub_unreachable():
             raise
@@ -381,7 +370,7 @@ class FileTeacher:
 Teacher = ModelTeacher | FileTeacher
 
 
-def load_teacher(spec: TeacherSpec, *, max_length: int, device: str | None = None, dtype: str = "auto", backend: str = "torch") -> Teacher:
+def load_teacher(spec: TeacherSpec, *, max_length: int, device: str | None = None, dtype: str = "auto") -> Teacher:
     kind = spec.type if spec.type != "auto" else detect_type(spec.model)
     if kind == "file":
         return FileTeacher.load(spec)
@@ -391,7 +380,7 @@ def load_teacher(spec: TeacherSpec, *, max_length: int, device: str | None = Non
         return BiEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
     if kind == "mxbai-v2":
         return load_mxbai(spec, max_length=max_length, device=device, dtype=dtype)
-    return CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype, backend=backend)
+    return CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
 
 
 def normalise_per_query(scores: np.ndarray, groups: np.ndarray, *, eps: float = 1e-6) -> np.ndarray:

@@ -88,7 +88,9 @@ def train(run: str | Path, cfg: TrainConfig | None = None, *, smoke: bool = Fals
         if code != 0:
             last = next((line for line in reversed(tail) if line.strip()), "(no output)")
             has_checkpoint = any(run_.file(f"{out_rel}checkpoints").glob("checkpoint-*"))
-            fix = f"read {log}; then rerun `reranker-skill train --run {run_.path}" + (" --resume` to continue from the last checkpoint" if has_checkpoint else "`")
+            fix = f"read {log}; then rerun `reranker-skill train --run {run_.path}" + (
+                " --resume` to continue from the last checkpoint" if has_checkpoint else "`"
+            )
             raise SkillError(f"train.py exited with code {code}: {last[:300]}", code=ExitCode.RUNTIME_FAILURE, where=str(log), fix=fix)
         result_path = run_.file(f"{out_rel}train_result.json")
         if not result_path.exists() or verdict_line is None:

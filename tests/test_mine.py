@@ -37,7 +37,7 @@ def bm25_run(stdlib_domain, tmp_path_factory):
 
 
 def test_artifacts_follow_the_run_folder_contract(bm25_run, stdlib_domain):
-    run, result = bm25_run
+    run, _ = bm25_run
     for name in ("split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "mine.json", "manifest.json"):
         assert (run / name).exists(), name
     for name in ("train_pairs.parquet", "heldout_candidates.parquet"):

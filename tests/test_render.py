@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_ladder_matches_the_published_table():
     assert data.shared.warmup_ratio == 0.03 and data.shared.seed == 12 and data.shared.eval_every == 0.05
     # Bigger students need more memory and are slower.
     sizes = list(data.sizes.values())
-    assert all(a.train_memory_gb <= b.train_memory_gb and a.h100_pairs_per_s > b.h100_pairs_per_s for a, b in zip(sizes, sizes[1:], strict=False))
+    assert all(a.train_memory_gb <= b.train_memory_gb and a.h100_pairs_per_s > b.h100_pairs_per_s for a, b in itertools.pairwise(sizes))
 
 
 def test_render_all_six_sizes_compile_and_are_ruff_clean(tmp_path):
@@ -52,8 +53,11 @@ def test_render_all_six_sizes_compile_and_are_ruff_clean(tmp_path):
         compile(text, f"train_{size}.py", "exec")
         (tmp_path / f"train_{size}.py").write_text(text)
         module = load_script(tmp_path / f"train_{size}.py", f"train_{size}")
-        assert (module.SIZE, module.LEARNING_RATE, module.GLOBAL_BATCH) == (size, spec.learning_rate, spec.global_batch)
-    proc = subprocess.run([str(REPO / ".venv/bin/ruff"), "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(tmp_path)], capture_output=True, text=True)
+        got = (module.SIZE, module.LEARNING_RATE, module.GLOBAL_BATCH)
+        assert got == (size, spec.learning_rate, spec.global_batch)
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/ruff"), "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(tmp_path)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -126,7 +130,9 @@ def test_render_writes_script_records_stage_and_protects_hand_edits(toy_scored_r
     assert code == 0, payload
     assert payload["metrics"]["learning_rate"] == 1.2e-4 and payload["metrics"]["train_pairs"] > 500
     assert any("optimizer steps per epoch" in w and "--global-batch" in w for w in payload["warnings"])  # small data: exact flags
-    assert any("accelerate launch" in c for c in payload["metrics"]["commands"]) and any("torchrun --nproc_per_node" in c for c in payload["metrics"]["commands"])
+    assert any("accelerate launch" in c for c in payload["metrics"]["commands"]) and any(
+        "torchrun --nproc_per_node" in c for c in payload["metrics"]["commands"]
+    )
     script = run / "train.py"
     with open(script, "a") as fh:
         fh.write("# my edit\n")
@@ -160,7 +166,11 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
         per_query.setdefault(r["query_id"], []).append(r["label"])
     assert all(abs(sum(v) / len(v)) < 1e-5 for v in per_query.values())
 
-    for loss, columns, per_example in (("mse", ["query", "document", "label"], 1), ("margin-mse", ["query", "document_a", "document_b", "label"], 2), ("listnet", ["query", "documents", "label"], 8)):
+    for loss, columns, per_example in (
+        ("mse", ["query", "document", "label"], 1),
+        ("margin-mse", ["query", "document_a", "document_b", "label"], 2),
+        ("listnet", ["query", "documents", "label"], 8),
+    ):
         m.LOSS = loss
         ds = m.training_dataset(rows, random.Random(0))
         assert ds.column_names == columns and len(ds) > 0
@@ -175,7 +185,8 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
     monkeypatch.delenv("WORLD_SIZE")
 
     samples = m.heldout_samples(None)
-    assert samples and all(s["documents"] and s["positive"] for s in samples)
+    assert samples and all(s["documents"] for s in samples) and any(s["positive"] for s in samples)
+    assert all(p in s["documents"] for s in samples for p in s["positive"])  # only retrieved positives: first stage and student measured alike
 
     _, budget, _ = m.make_callbacks(64)
     state, control = TrainerState(), TrainerControl()

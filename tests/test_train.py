@@ -68,7 +68,10 @@ def test_train_end_to_end_verdict_identity_raw_scores(run, tiny_base):
 
 
 def test_smoke_runs_one_step_under_smoke(run, tiny_base):
-    render(run, TrainConfig(base=str(tiny_base), loss="margin-mse", label_transform="centred", max_seq_length=64, per_device_batch=8, global_batch=64, eval_queries=8))
+    render(
+        run,
+        TrainConfig(base=str(tiny_base), loss="margin-mse", label_transform="centred", max_seq_length=64, per_device_batch=8, global_batch=64, eval_queries=8),
+    )
     code, payload = run_json("train", "--run", run, "--smoke")
     assert code == 0, payload
     assert payload["metrics"]["global_step"] == 1 and payload["metrics"]["smoke"] is True
@@ -78,11 +81,27 @@ def test_smoke_runs_one_step_under_smoke(run, tiny_base):
 
 def test_kill_during_training_then_resume_finishes(run, tiny_base):
     # A less common configuration on purpose: listwise loss, centred labels, mean pooling, a linear head with its own lr.
-    cfg = TrainConfig(base=str(tiny_base), loss="listnet", list_size=4, label_transform="centred", pooling="mean", head="linear", head_lr_multiplier=10.0,
-                      max_steps=24, eval_every=4, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0)
+    cfg = TrainConfig(
+        base=str(tiny_base),
+        loss="listnet",
+        list_size=4,
+        label_transform="centred",
+        pooling="mean",
+        head="linear",
+        head_lr_multiplier=10.0,
+        max_steps=24,
+        eval_every=4,
+        max_seq_length=64,
+        per_device_batch=8,
+        global_batch=8,
+        eval_queries=4,
+        early_stopping_patience=0,
+    )
     render(run, cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(run / "train.py")], cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(run / "train.py")], cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
         while not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
