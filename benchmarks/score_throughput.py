@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--token-budget", type=int, default=None, help="score's padded tokens per batch (default: its own default)")
     args = ap.parse_args()
 
     from sentence_transformers import CrossEncoder
@@ -85,7 +86,7 @@ def main() -> None:
 
     plain = CrossEncoder(model_path, activation_fn=torch.nn.Identity(), device="cpu")
     plain.max_seq_length = args.max_length
-    config = ScoreConfig(teachers=[TeacherSpec(model=model_path)], batch_size=args.batch_size, max_length=args.max_length, chunk_size=10**9)
+    config = ScoreConfig(teachers=[TeacherSpec(model=model_path)], batch_size=args.batch_size, max_length=args.max_length, chunk_size=10**9, token_budget=args.token_budget)
     teacher = CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto")
     engines = {"score": teacher}
 

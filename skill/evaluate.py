@@ -9,6 +9,7 @@ plain function behind the CLI; `run RECIPE.yaml` calls it too.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -472,11 +473,11 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         notes.append(f"{len(without_pos)} held-out queries with candidates have no positive in the qrels: not scored")
 
     summary_systems: dict[str, Any] = {}
-    for i, s in enumerate(systems):
+    for s in systems:
         summary_systems[s.name] = {
             "kind": s.kind,
             "source": s.source,
-            "metrics": {m: {"mean": float(np.mean(M.column(per_query[s.name], m, queries))), "ci95": list(M.mean_ci(M.column(per_query[s.name], m, queries), resamples=cfg.resamples, seed=cfg.seed + i))} for m in names},
+            "metrics": {m: {"mean": float(np.mean(M.column(per_query[s.name], m, queries))), "ci95": list(M.mean_ci(M.column(per_query[s.name], m, queries), resamples=cfg.resamples, seed=cfg.seed))} for m in names},
         }
 
     def compare(a: str, b: str) -> dict:
@@ -542,6 +543,9 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
             ]
 
     cost = {s.name: s.cost for s in systems if s.cost}
+    load = _cpu_load()
+    if load is not None and load > (os.cpu_count() or 1):
+        notes.append(f"the CPU was busy while timing (load {load:.1f} on {os.cpu_count()} cores): pairs/s and latencies are pessimistic and noisy — rerun with --force on an idle machine for cost numbers")
     speedup = None
     if "teacher" in cost and cost["teacher"].get("pairs_per_s") and cost["student"].get("pairs_per_s"):
         speedup = round(cost["student"]["pairs_per_s"] / cost["teacher"]["pairs_per_s"], 2)
@@ -603,6 +607,13 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         },
         "per_query": per_query,
     }
+
+
+def _cpu_load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _result(run: Run, report: dict, cfg: EvaluateConfig, *, skipped: bool) -> Result:

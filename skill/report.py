@@ -69,8 +69,8 @@ def markdown(report: dict) -> str:
         "| comparison | metric | Δ | 95% CI | p | better / worse queries |",
         "|---|---|---|---|---|---|",
     ]
-    for c in report["comparisons"]:
-        for m in names:
+    for i, c in enumerate(report["comparisons"]):
+        for m in names if i == 0 else names[:1]:  # every metric for the verdict's comparison; NDCG@10 for the rest (all in report.json)
             r = c["metrics"][m]
             out.append(f"| {c['a']} − {c['b']} | {_label(m)} | {_f(r['delta'], signed=True)} | [{_f(r['ci_low'], signed=True)}, {_f(r['ci_high'], signed=True)}] | {_p(r['p_value'])} | {r['better']} / {r['worse']} |")
     out += ["", "## Teacher ↔ student fidelity (held-out pairs, raw scores)", ""]
@@ -135,7 +135,7 @@ def write_png(path: str | Path, report: dict, *, teacher: np.ndarray | None, stu
     ax_bars.set_ylim(0, 1.05)
     ax_bars.set_ylabel("mean over held-out queries (95% CI)")
     ax_bars.set_title(report["verdict"]["line"].split(" — ")[0], loc="left", fontsize=11, fontweight="bold")
-    ax_bars.legend(fontsize=8, loc="upper left", ncol=min(len(systems), 3))
+    ax_bars.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(len(systems), 5), frameon=False)
     ax_bars.grid(axis="y", alpha=0.3)
     if teacher is not None:
         ok = np.isfinite(teacher) & np.isfinite(student)

@@ -60,7 +60,8 @@ def test_train_end_to_end_verdict_identity_raw_scores(run, tiny_base):
     with torch.no_grad():
         raw = model(model.preprocess([("serialize an object to JSON", d) for d in docs]))["scores"].view(-1).tolist()
     assert sorted(r["score"] for r in ranked) == pytest.approx(sorted(raw), abs=1e-5)
-    assert not all(0 < s < 1 for s in raw) or min(raw) != pytest.approx(1 / (1 + torch.exp(-torch.tensor(raw[0])).item()))
+    sigmoid = torch.sigmoid(torch.tensor(raw)).tolist()
+    assert sorted(r["score"] for r in ranked) != pytest.approx(sorted(sigmoid), abs=1e-3)  # not squashed
 
     # Same script, same data: skipped without a subprocess.
     code, again = run_json("train", "--run", run)
@@ -89,7 +90,7 @@ def test_kill_during_training_then_resume_finishes(run, tiny_base):
         pooling="mean",
         head="linear",
         head_lr_multiplier=10.0,
-        max_steps=24,
+        max_steps=12,
         eval_every=4,
         max_seq_length=64,
         per_device_batch=8,
@@ -117,7 +118,7 @@ def test_kill_during_training_then_resume_finishes(run, tiny_base):
     code, payload = run_json("train", "--run", run, "--resume")
     assert code == 0, payload
     m = payload["metrics"]
-    assert m["global_step"] == 24 and m["resumed"] is True and m["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
+    assert m["global_step"] == 12 and m["resumed"] is True and m["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
     log = (run / "train_log.txt").read_text()
     assert "resuming from" in log and "checkpoint-" in log and log.rstrip().endswith(m["verdict_line"])
     result = json.loads((run / "train_result.json").read_text())
