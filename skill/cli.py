@@ -80,6 +80,16 @@ def cli() -> None:
     """
 
 
+def _option_error(exc: ValueError) -> str:
+    """`--flag: what is wrong` from a pydantic ValidationError (its last line is only a documentation link)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        first = errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") + ": " if first.get("loc") else ""
+        return flag + str(first["msg"]).removeprefix("Value error, ")
+    return str(exc).splitlines()[0] if str(exc) else "invalid option"
+
+
 def map_option(fn):
     return click.option(
         "--map",
@@ -162,7 +172,7 @@ def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, map
     try:
         config = MineConfig(**options)
     except ValueError as exc:
-        raise SkillError(str(exc).splitlines()[-1] if str(exc) else "invalid option", code=ExitCode.USAGE, fix="see `reranker-skill mine --help`") from None
+        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill mine --help`") from None
     data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping))
     return mine(run_dir, data, config, force=force)
 
@@ -181,17 +191,17 @@ def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, map
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge finished shards into the tables.")
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere.")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run cross-encoder teachers on CPU through onnxruntime (exported once to RUN/cache, parity-checked); others fall back to torch.")
 @click.option("--force", is_flag=True, help="Redo even if up to date (finished chunks are still reused).")
 def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, **options) -> Result:
     """Score every mined pair (training and held-out) with a teacher; raw scores, resumable, shardable."""
     from skill.config import ScoreConfig
     from skill.score import score, teacher_specs
 
-    specs = teacher_specs(teachers, teacher_types, weights, score_space)
     try:
-        config = ScoreConfig(teachers=specs, **options)
+        config = ScoreConfig(teachers=teacher_specs(teachers, teacher_types, weights, score_space), **options)
     except ValueError as exc:
-        raise SkillError(str(exc).splitlines()[-1] if str(exc) else "invalid option", code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
+        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
     return score(run_dir, config, force=force, merge_only=merge_only)
 
 # --------------------------------------------------------------------------------------------- render, train (issue 4)
@@ -265,12 +275,14 @@ def render_cmd(run_dir: Path, force: bool, **overrides) -> Result:
 @train_options
 @click.option("--smoke", is_flag=True, help="One training step end to end (outputs under runs/NAME/smoke/).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint after an interruption.")
+@click.option("--launcher", type=click.Choice(["python", "accelerate", "torchrun"]), default="python", show_default=True, help="How to start train.py: one process, accelerate launch, or torchrun.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Processes (GPUs) for accelerate/torchrun.")
 @click.option("--force", is_flag=True, help="Train again even if up to date; re-render over a hand-edited train.py.")
-def train_cmd(run_dir: Path, smoke: bool, resume: bool, force: bool, **overrides) -> Result:
+def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per_node: int | None, force: bool, **overrides) -> Result:
     """Run runs/NAME/train.py (rendering it first if needed) with live progress; record the verdict in manifest.json."""
     from skill.train import train
 
-    return train(run_dir, _train_config(overrides), smoke=smoke, resume=resume, force=force)
+    return train(run_dir, _train_config(overrides), smoke=smoke, resume=resume, force=force, launcher=launcher, nproc_per_node=nproc_per_node)
 
 
 # --------------------------------------------------------------------------------------------- evaluate (issue 5)
@@ -329,6 +341,33 @@ def export_cmd(model, fmt, quantize, run_dir, out, queries, depth, batch_size, m
 
 
 # --------------------------------------------------------------------------------------------- install, run, quickstart (issue 6)
+
+
+@envelope_command("run")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.max_steps=100. Repeatable.")
+@click.option("--force", is_flag=True, help="Redo every stage even if up to date.")
+def run_cmd(recipe: Path, overrides: tuple[str, ...], force: bool) -> Result:
+    """Run a recipe's stages in order in one run folder (mine → score → render → train → evaluate [→ export]).
+
+    Stages whose inputs and configuration are unchanged are skipped; the first failure stops
+    the run with its message. Bundled recipes are found by file name (e.g. cpu-small.yaml).
+    """
+    from skill.pipeline import run_pipeline
+    from skill.recipe import load_recipe
+
+    return run_pipeline(load_recipe(recipe, overrides), force=force, log=lambda line: click.echo(line, err=True))
+
+
+@envelope_command("quickstart")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the quickstart recipe. Repeatable.")
+@click.option("--force", is_flag=True, help="Redo every stage even if up to date.")
+def quickstart_cmd(run_dir: Path, overrides: tuple[str, ...], force: bool) -> Result:
+    """The whole pipeline offline on an embedded domain (standard-library docstrings, packaged MiniLM), ~10 CPU minutes."""
+    from skill.quickstart import quickstart
+
+    return quickstart(run_dir=run_dir, overrides=overrides, force=force, log=lambda line: click.echo(line, err=True))
 
 
 def _agent_options(fn):

@@ -14,7 +14,8 @@ from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # No NaN/inf anywhere: they pass gt/ge bounds and would fail later (a rendered literal, int(inf)) as "unexpected" errors.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -66,6 +67,8 @@ class ScoreConfig(_Section):
     shard: str | None = Field(None, pattern=r"^\d+/\d+$")  # "i/n", 1-based
     device: str | None = None
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 elsewhere
+    # onnx: cross-encoder teachers on CPU run through onnxruntime (others fall back to torch with a warning)
+    backend: Literal["torch", "onnx"] = "torch"
 
 
 class TrainConfig(_Section):
@@ -124,14 +127,6 @@ class EvaluateConfig(_Section):
     resamples: int = Field(10_000, ge=100, le=1_000_000)
     seed: int = 12
     batch_size: int = Field(64, ge=1)
-    # hard negatives: rank window + false-negative guard (mine_hard_negatives semantics)
-    negative_rank_min: int = Field(1, ge=1)
-    num_negatives: int | None = Field(None, ge=1)
-    relative_margin: float | None = Field(0.05, ge=0)
-    absolute_margin: float | None = None
-    max_score: float | None = None
-    rrf_k: int = Field(60, ge=1)
-    cache_dir: Path | None = None  # corpus-embedding cache; default RUN/cache
     max_length: int | None = Field(None, ge=8, le=8192)
     device: str | None = None
     nanobeir: bool = False  # general-domain check (needs the Hugging Face Hub)
@@ -151,10 +146,17 @@ class ExportConfig(_Section):
     int8_max_ndcg_drop: float = Field(0.02, ge=0, le=1)  # int8: NDCG@10 original - exported
 
 
+Stage = Literal["mine", "score", "render", "train", "evaluate", "export"]
+
+
 class RunConfig(_Section):
     """A whole run, as a recipe describes it."""
 
     run: Path
+    stages: list[Stage] = ["mine", "score", "render", "train", "evaluate"]
+    smoke_first: bool = True  # `train --smoke` before the full run (skipped when training is up to date)
+    launcher: Literal["python", "accelerate", "torchrun"] = "python"  # how `train` starts train.py
+    nproc_per_node: int | None = Field(None, ge=1)  # processes (GPUs) for accelerate / torchrun
     data: DataConfig = DataConfig()
     mine: MineConfig = MineConfig()
     score: ScoreConfig = ScoreConfig()
@@ -164,4 +166,11 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        order = ["mine", "score", "render", "train", "evaluate", "export"]
+        if self.stages != sorted(set(self.stages), key=order.index):
+            raise ValueError(f"stages must be distinct and in pipeline order {order}")
+        if "mine" in self.stages and (self.data.corpus is None or self.data.queries is None):
+            raise ValueError("data.corpus and data.queries are required when the recipe mines")
+        if "score" in self.stages and not self.score.teachers:
+            raise ValueError("score.teachers is empty: name at least one teacher (model id, folder or scores file)")
         return self

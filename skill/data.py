@@ -116,6 +116,16 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+def _read_lines(fh, path: Path) -> Iterator[bytes]:
+    """The file's lines; a broken or truncated .gz becomes one clear error."""
+    import zlib
+
+    try:
+        yield from fh
+    except (OSError, EOFError, zlib.error) as exc:
+        raise invalid(f"not a readable gzip file ({type(exc).__name__}: {exc})", where=str(path), fix="recompress the file with gzip, or pass it uncompressed") from None
+
+
 def _decode(raw: bytes, path: Path, line_no: int) -> str:
     try:
         return raw.decode("utf-8")
@@ -135,12 +145,14 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     fmt = detect_format(path)
     if fmt == "jsonl":
         with _open_binary(path) as fh:
-            for line_no, raw in enumerate(fh, start=1):
+            for line_no, raw in enumerate(_read_lines(fh, path), start=1):
                 text = _decode(raw, path, line_no).strip()
                 if not text:
                     continue
                 try:
                     row = json.loads(text)
+                except RecursionError:
+                    raise invalid("JSON nested too deeply", where=f"{path}:{line_no}", fix="make each line one flat JSON object like {\"_id\": ..., \"text\": ...}") from None
                 except json.JSONDecodeError as exc:
                     raise invalid(
                         f"broken JSON at column {exc.colno}: {exc.msg}",
@@ -156,7 +168,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             counter = {"n": 0}
 
             def lines() -> Iterator[str]:
-                for raw in fh:
+                for raw in _read_lines(fh, path):
                     counter["n"] += 1
                     yield _decode(raw, path, counter["n"])
 
@@ -213,6 +225,9 @@ def resolve_columns(kind: Kind, columns: list[str], mapping: ColumnMapping, path
     explicit = getattr(mapping, kind)
     chosen: dict[str, str | None] = {}
     problems: list[Problem] = []
+    if not columns:  # no row at all (an empty file, or a header alone): say so rather than ask for a mapping
+        needed = ", ".join("/".join(DEFAULT_COLUMNS[kind][f]) for f in REQUIRED[kind])
+        return chosen, [Problem("error", "empty_file", f"the {kind} file has no rows", str(path), f"give at least one row with the columns {needed}")]
     for fld, defaults in DEFAULT_COLUMNS[kind].items():
         if fld in explicit:
             if explicit[fld] not in columns:

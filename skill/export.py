@@ -98,15 +98,19 @@ def _load_original(path: Path):
     model = load_reranker(str(path), device="cpu")
     if model.num_labels != 1:
         raise invalid(f"the reranker emits {model.num_labels} scores per pair; export supports one", where=str(path), fix="export a num_labels=1 reranker")
+    reason = onnx_unsupported(model)
+    if reason:
+        raise invalid(reason + "; export handles a transformer encoder or sequence classifier", where=str(path), fix="export a CrossEncoder whose first module is a Transformer")
+    return model
+
+
+def onnx_unsupported(model) -> str | None:
+    """Why this CrossEncoder's transformer cannot be traced to ONNX here (None: it can)."""
     first = model[0]
     task = getattr(first, "transformer_task", None)
     if type(first).__name__ != "Transformer" or task not in _OUTPUT_NAMES:
-        raise invalid(
-            f"unsupported first module {type(first).__name__} (task {task!r}); export handles a transformer encoder or sequence classifier",
-            where=str(path),
-            fix="export a CrossEncoder whose first module is a Transformer",
-        )
-    return model
+        return f"unsupported first module {type(first).__name__} (task {task!r})"
+    return None
 
 
 class _Traceable:
@@ -135,19 +139,32 @@ _SAMPLE_PAIRS = [
 
 def _export_onnx(model, folder: Path, *, opset: int = 17) -> dict[str, Any]:
     """Write the torch modules (head, tokenizer, config) and the transformer as onnx/model.onnx."""
-    import torch
-
-    transformer = model[0]
-    output_name = _OUTPUT_NAMES[transformer.transformer_task]
     model.save(str(folder))
     # The transformer's own weights now live in the ONNX graph; the head's stay in their module folders.
     for name in _WEIGHT_FILES:
         (folder / name).unlink(missing_ok=True)
+    return trace_onnx(model, folder / ONNX_FILE, opset=opset)
+
+
+def onnx_input_names(model) -> list[str]:
+    """The tokenizer tensors the traced graph takes, in order."""
+    return _input_names(model.preprocess(_SAMPLE_PAIRS))
+
+
+def _input_names(features) -> list[str]:
+    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
+
+
+def trace_onnx(model, target: Path, *, opset: int = 17) -> dict[str, Any]:
+    """Trace a CrossEncoder's transformer (`model[0]`, fp32) into the ONNX file `target`; pooling and head stay in torch."""
+    import torch
+
+    transformer = model[0]
+    output_name = _OUTPUT_NAMES[transformer.transformer_task]
     features = model.preprocess(_SAMPLE_PAIRS)
-    input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
+    input_names = _input_names(features)
     wrapper = _Traceable(transformer.model, input_names, output_name)
-    args = tuple(features[k] for k in input_names)
-    target = folder / ONNX_FILE
+    args = tuple(features[k].to(transformer.model.device) for k in input_names)
     target.parent.mkdir(parents=True, exist_ok=True)
     axes = {k: {0: "batch_size", 1: "sequence_length"} for k in input_names}
     axes[output_name] = {0: "batch_size", 1: "sequence_length"} if output_name == "last_hidden_state" else {0: "batch_size"}
@@ -167,14 +184,27 @@ def _quantize_int8(folder: Path) -> None:
     quantize_dynamic(str(folder / ONNX_FILE), str(folder / INT8_FILE), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
 
 
+def ort_session(onnx_path: Path, *, threads: int | None = None, optimise: bool = True):
+    """An onnxruntime CPU session; `threads` intra-op threads (None: onnxruntime's default), full graph optimisation."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise prerequisite("the ONNX path needs onnxruntime", fix='pip install "reranker-skill[onnx]"') from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class _OrtBackbone:
     """Stands in for the Hugging Face model inside the Transformer module, running the ONNX graph instead."""
 
-    def __new__(cls, onnx_path: Path, config, output_name: str):
-        import onnxruntime as ort
+    def __new__(cls, onnx_path_or_session, config, output_name: str):
         import torch
 
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        session = onnx_path_or_session if hasattr(onnx_path_or_session, "run") else ort_session(Path(onnx_path_or_session))
         names = [i.name for i in session.get_inputs()]
 
         class Backbone(torch.nn.Module):

@@ -236,7 +236,10 @@ def uninstall(agent: Agent, *, global_: bool = False, dest: Path | None = None) 
         kept = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file() or p.is_symlink())
         with contextlib.suppress(OSError):
             target.rmdir()
+    ours = {target.parent, target.parent.parent}  # the only folders install ever creates: a tampered marker names no others
     for folder in sorted(record.get("created_dirs", []), key=len, reverse=True):
+        if Path(folder) not in ours:
+            continue
         with contextlib.suppress(OSError):
             Path(folder).rmdir()  # only when empty
     text = f"removed reranker-skill for {agent} from {target}"

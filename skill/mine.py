@@ -215,7 +215,11 @@ def _threshold(pos_scores: list[float], cfg: MineConfig) -> float:
 def _read_heldout_ids(path: Path) -> list[str]:
     if not path.exists():
         raise missing("held-out query list not found", where=str(path), fix="give a file with one query id per line")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid(f"bytes at offset {exc.start} are not UTF-8", where=str(path), fix="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise invalid("held-out query list is empty", where=str(path), fix="give a file with one query id per line")
     return ids

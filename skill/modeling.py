@@ -33,8 +33,10 @@ def build_ettin_reranker(
         base,
         transformer_task="feature-extraction",
         max_seq_length=max_seq_length,
-        model_kwargs=model_kwargs or {},
-        config_kwargs={"trust_remote_code": trust_remote_code} if trust_remote_code else None,
+        # Explicit everywhere: left unset, transformers prompts on stdin and a piped "y" would run the folder's code.
+        model_kwargs={**(model_kwargs or {}), "trust_remote_code": trust_remote_code},
+        config_kwargs={"trust_remote_code": trust_remote_code},
+        processor_kwargs={"trust_remote_code": trust_remote_code},
     )
     hidden = encoder.get_embedding_dimension()
     modules: list = [encoder, Pooling(hidden, pooling_mode=pooling)]

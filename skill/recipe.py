@@ -68,6 +68,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         path = bundled
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise invalid(f"bytes at offset {exc.start} are not UTF-8", where=str(path), fix="save the recipe as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -82,4 +84,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise invalid(f"{loc}: {first['msg']}", where=str(path), fix=f"correct `{loc}` in the recipe or with --set {loc}=...") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        if not loc:  # a check across keys (a model validator) names no single key
+            raise invalid(msg, where=str(path), fix="correct the recipe (see the bundled recipes for complete examples)") from None
+        raise invalid(f"{loc}: {msg}", where=str(path), fix=f"correct `{loc}` in the recipe or with --set {loc}=...") from None

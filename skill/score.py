@@ -15,6 +15,12 @@ How the work is laid out, so that a kill, a rerun or N shards all give the same 
 4. When every chunk of every teacher is present, the tables are assembled, labelled,
    checked (NaN, collapse, saturation) and written. Shards that finish early stop there; the
    last one (or `--merge`) writes the tables.
+
+`--backend onnx` runs CPU cross-encoder teachers through onnxruntime (skill.teacher.OnnxCrossEncoderTeacher):
+the same plan, chunks and batches, a graph exported once into RUN/cache/onnx-<key>/, and a parity
+check against torch on the first batch before anything is committed (exit 6 past 1e-3). Its chunks
+live in their own work folder (the backend is part of the teacher's fingerprint). Other teachers,
+and any teacher on a GPU, stay on torch with a warning.
 """
 
 from __future__ import annotations
@@ -161,6 +167,7 @@ class ChunkScorer:
         self.max_pairs = config.batch_size * 8
         self.token_budget = config.token_budget or config.batch_size * min(config.max_length, 256)
         self.halvings = 0
+        self.backend_facts: dict = {}
 
     # The plan: unique-pair positions sorted by (token length, index); computed once per teacher.
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +248,11 @@ class ChunkScorer:
         todo = [c for c in mine if not self.chunk_file(c).exists()]
         total = sum(min((c + 1) * self.chunk_size, len(order)) - c * self.chunk_size for c in mine)
         remaining = sum(min((c + 1) * self.chunk_size, len(order)) - c * self.chunk_size for c in todo)
+        if todo:
+            # The first batch this run will commit: a backend checks itself on it before anything is written.
+            lo, hi = todo[0] * self.chunk_size, min((todo[0] + 1) * self.chunk_size, len(order))
+            end = lo + next_batch(lengths[lo:hi], 0, token_budget=self.token_budget, max_pairs=self.max_pairs)
+            self.backend_facts = self.teacher.before_scoring([(self.pairs.queries[j], self.pairs.docs[j]) for j in order[lo:end]])
         started = time.perf_counter()
         with tqdm(total=total, initial=total - remaining, unit="pair", unit_scale=True, desc=f"score {Path(self.teacher.name).name}", file=sys.stderr, dynamic_ncols=True) as bar:
             for c in todo:
@@ -327,6 +339,26 @@ def label_warnings(overall: dict, spread: dict, space: str) -> list[str]:
 # The stage
 
 
+def _onnx_teachers(teachers: list[Teacher], cache_dir: Path, warnings: list[str]) -> list[Teacher]:
+    """`--backend onnx`: CPU cross-encoders switch to onnxruntime; every other teacher stays on torch, with a warning."""
+    from skill.teacher import OnnxCrossEncoderTeacher, onnx_fallback_reason
+
+    out: list[Teacher] = []
+    for t in teachers:
+        reason = "a scores file is not scored by a model" if isinstance(t, FileTeacher) else onnx_fallback_reason(t)
+        if reason:
+            warnings.append(f"--backend onnx does not apply to {t.name!r} ({reason}): it is scored with torch")
+            out.append(t)
+            continue
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise SkillError("--backend onnx needs onnx and onnxruntime", code=ExitCode.MISSING_PREREQUISITE, fix='pip install "reranker-skill[onnx]", or drop --backend onnx') from None
+        out.append(OnnxCrossEncoderTeacher.wrap(t, cache_dir))
+    return out
+
+
 def _teacher_workdir(run: Run, teacher: ModelTeacher, pairs: PairSet, chunk_size: int) -> Path:
     key = hash_obj({"teacher": teacher.fingerprint, "pairs": pairs.digest, "chunk_size": chunk_size})[:16]
     return run.path / WORK / f"{Path(teacher.name).name[:40]}-{key}"
@@ -349,6 +381,8 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
     cfg_dump = config.model_dump(mode="json")
     for key in ("shard", "device", "batch_size", "token_budget"):
         cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
+    if cfg_dump.get("backend") == "torch":
+        cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
     cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
     stage = Stage(run, "score", config=cfg_dump, inputs={"train_pairs": train_path, "heldout_candidates": held_path})
     if not force and shard[1] == 1 and stage.fresh():
@@ -371,6 +405,8 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
     raw_held: list[np.ndarray] = []
     metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held - len(pairs)}
     warnings: list[str] = []
+    if config.backend == "onnx":
+        teachers = _onnx_teachers(teachers, run.path / "cache", warnings)
     incomplete: list[str] = []
     timing = {"pairs_scored": 0, "seconds": 0.0, "chunks_scored": 0}
     for t in teachers:
@@ -397,13 +433,15 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         if not merge_only:
             try:
                 chunks, n_scored, secs = scorer.run(shard)
-            except SkillError:
-                if scorer.workdir.exists():
-                    shutil.rmtree(scorer.workdir, ignore_errors=True)  # a broken teacher's chunks are worthless
+            except SkillError as err:
+                # A broken teacher's chunks are worthless; those committed before a full disk (an OSError) are kept for the rerun.
+                if scorer.workdir.exists() and not isinstance(err.__cause__, OSError):
+                    shutil.rmtree(scorer.workdir, ignore_errors=True)
                 raise
             timing["chunks_scored"] += chunks
             timing["pairs_scored"] += n_scored
             timing["seconds"] += secs
+            metrics.update(scorer.backend_facts)
             if scorer.halvings:
                 warnings.append(f"out of memory: halved the batch {scorer.halvings} time(s) (token budget now {scorer.token_budget})")
         full = scorer.assemble()
@@ -456,6 +494,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         "unique_pairs": len(pairs),
         "max_length": config.max_length,
         "chunk_size": config.chunk_size,
+        "backend": config.backend,
         "warnings": warnings,
     }
 
@@ -466,7 +505,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         write_parquet(run.file(OUTPUTS["heldout_scores"]), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
         write_json(run.file(OUTPUTS["meta"]), meta)
         stage.outputs.update(OUTPUTS)
-        stage.metrics.update({**metrics, "score_space": space, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
+        stage.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
 
     lines = [
         f"score: {', '.join(t.name for t in teachers)} → {run.path}",
@@ -476,7 +515,9 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
     if spread:
         lines.append(f"  within-query std: median {spread['within_query_std_p50']:.3f} (p10 {spread['within_query_std_p10']:.3f}, p90 {spread['within_query_std_p90']:.3f})")
     if metrics.get("pairs_per_second"):
-        lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs")
+        lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs ({config.backend})")
+    if "onnx_cache" in metrics:
+        lines.append(f"  onnx: graph {metrics['onnx_cache']} ({metrics['onnx_graph']}), {metrics['onnx_threads']} threads, first-batch drift vs torch {metrics['onnx_parity_max_drift']:.1e}")
     return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**metrics, "merged": True, "score_space": space}, warnings=warnings, text="\n".join(lines))
 
 

@@ -133,19 +133,27 @@ class ModelTeacher:
     revision: str | None = None
     dtype: str = "fp32"
     extra: dict = field(default_factory=dict)
+    backend: str = "torch"
 
     @property
     def fingerprint(self) -> str:
-        return hash_obj({"model": model_identity(self.name), "type": self.type, "max_length": self.max_length, "dtype": self.dtype})
+        key = {"model": model_identity(self.name), "type": self.type, "max_length": self.max_length, "dtype": self.dtype}
+        if self.backend != "torch":  # another backend's numbers differ in the last bits: its chunks are its own
+            key["backend"] = self.backend
+        return hash_obj(key)
 
     def describe(self) -> dict:
-        return {"id": self.name, "type": self.type, "revision": self.revision, "weight": self.weight, "score_space": self.score_space, "dtype": self.dtype}
+        return {"id": self.name, "type": self.type, "revision": self.revision, "weight": self.weight, "score_space": self.score_space, "dtype": self.dtype, "backend": self.backend}
 
     def lengths(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         raise NotImplementedError
 
     def score_batch(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         raise NotImplementedError
+
+    def before_scoring(self, first_batch: list[tuple[str, str]]) -> dict:
+        """Called once before the first batch a run scores; returns facts for the metrics."""
+        return {}
 
 
 def _resolve_device(device: str | None) -> str:
@@ -223,6 +231,157 @@ class CrossEncoderTeacher(ModelTeacher):
             features = batch_to_device(self.model.preprocess(list(pairs)), self.model.device)
             scores = self.model(features)["scores"]
             return scores.float().reshape(len(pairs), -1)[:, 0].cpu().numpy()
+
+
+ONNX_PARITY_TOLERANCE = 1e-3  # max |onnx - torch| on the first batch, raw-score units
+
+
+def onnx_fallback_reason(teacher) -> str | None:
+    """Why `--backend onnx` does not apply to this teacher (None: it does)."""
+    if not isinstance(teacher, CrossEncoderTeacher) or teacher.type != "cross-encoder":
+        return f"a {teacher.type} teacher has no ONNX path (cross-encoders only)"
+    if not str(teacher.device).startswith("cpu"):
+        return f"the ONNX path is for CPU; on {teacher.device} torch with {teacher.dtype} is the fast path"
+    from skill.export import onnx_unsupported
+
+    return onnx_unsupported(teacher.model)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parity_drift(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| where both are finite; inf where only one is (a NaN teacher is caught later, as NaN)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if (fa != fb).any():
+        return math.inf
+    return float(np.abs(a[fa] - b[fb]).max()) if fa.any() else 0.0
+
+
+def _weights_digest(module) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes: the model's content, wherever it was loaded from."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+class OnnxCrossEncoderTeacher(CrossEncoderTeacher):
+    """A CPU cross-encoder whose transformer runs as an ONNX graph in onnxruntime; pooling and head stay in torch.
+
+    The graph is traced once (skill.export.trace_onnx) into `cache_dir/onnx-<key>/`, keyed by the
+    transformer's weights, config and the exporter's versions, and reused by later runs. Before
+    the first batch is committed it is scored by torch too; past ONNX_PARITY_TOLERANCE the run stops.
+    """
+
+    cache_dir: Path
+    threads: int
+
+    @classmethod
+    def wrap(cls, teacher: CrossEncoderTeacher, cache_dir: Path, *, threads: int | None = None) -> OnnxCrossEncoderTeacher:
+        from dataclasses import fields
+
+        out = cls(**{f.name: getattr(teacher, f.name) for f in fields(teacher)})
+        out.backend = "onnx"
+        out.extra = dict(teacher.extra)
+        out.cache_dir = Path(cache_dir)
+        out.threads = threads or cpu_cores()
+        return out
+
+    def cache_key(self) -> str:
+        import torch
+        import transformers
+
+        from skill.export import onnx_input_names
+
+        hf = self.model[0].model
+        config = hf.config
+        return hash_obj(
+            {
+                "weights": _weights_digest(hf),
+                "config": config.to_json_string(use_diff=False),
+                "attn": getattr(config, "_attn_implementation", None),
+                "task": self.model[0].transformer_task,
+                "inputs": onnx_input_names(self.model),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "opset": 17,
+            }
+        )[:16]
+
+    def _export(self) -> tuple[Path, bool, float]:
+        """The cached graph (exported now if absent): (folder, cache hit, export seconds)."""
+        import shutil
+        import tempfile
+        import time
+
+        from skill.export import ONNX_FILE, trace_onnx
+        from skill.io import write_json
+
+        folder = self.cache_dir / f"onnx-{self.cache_key()}"
+        if (folder / ONNX_FILE).exists():
+            return folder, True, 0.0
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=self.cache_dir))
+        try:
+            start = time.perf_counter()
+            graph = trace_onnx(self.model, tmp / ONNX_FILE)
+            seconds = time.perf_counter() - start
+            write_json(tmp / "export.json", {"teacher": self.name, "revision": self.revision, "graph": graph, "export_seconds": round(seconds, 2)})
+            try:
+                os.replace(tmp, folder)  # atomic: a folder under the final name is complete
+            except OSError:
+                if not (folder / ONNX_FILE).exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another shard published the same graph first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder, False, seconds
+
+    def before_scoring(self, first_batch):
+        import shutil
+
+        from skill.export import _OUTPUT_NAMES, ONNX_FILE, _OrtBackbone, ort_session
+
+        transformer = self.model[0]
+        if "onnx" in self.extra:  # already switched over (the graph's parity was checked then)
+            return self.extra["onnx"]
+        torch_model = transformer.model
+        folder, hit, seconds = self._export()
+        session = ort_session(folder / ONNX_FILE, threads=self.threads, optimise=True)
+        transformer.model = _OrtBackbone(session, torch_model.config, _OUTPUT_NAMES[transformer.transformer_task])
+        onnx_scores = self.score_batch(first_batch)
+        transformer.model = torch_model
+        torch_scores = self.score_batch(first_batch)
+        drift = parity_drift(onnx_scores, torch_scores)
+        if not drift <= ONNX_PARITY_TOLERANCE:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise SkillError(
+                f"the ONNX graph of teacher {self.name!r} does not reproduce torch: max |score drift| {drift:.3g} > {ONNX_PARITY_TOLERANCE:g} on the first {len(first_batch)} pairs",
+                code=ExitCode.RUNTIME_FAILURE,
+                where=str(folder),
+                fix="rerun with --backend torch (the default); the cached graph was removed, so a rerun with --backend onnx exports it afresh; nothing was written",
+            )
+        transformer.model = _OrtBackbone(session, torch_model.config, _OUTPUT_NAMES[transformer.transformer_task])
+        del torch_model  # the graph holds its own copy of the weights
+        self.extra["onnx"] = {
+            "onnx_cache": "hit" if hit else "miss",
+            "onnx_graph": str(folder / ONNX_FILE),
+            "onnx_export_seconds": round(seconds, 2),
+            "onnx_threads": self.threads,
+            "onnx_parity_max_drift": drift,
+        }
+        return self.extra["onnx"]
 
 
 class MxbaiPackageTeacher(ModelTeacher):
@@ -347,7 +506,14 @@ class FileTeacher:
         for i, (q, d, y) in enumerate(zip(pairs.query, pairs.document, pairs.label, strict=True)):
             by_text[q, d] = y
             if pairs.query_id is not None and pairs.doc_id is not None and pairs.query_id[i] and pairs.doc_id[i]:
-                by_ids[pairs.query_id[i], pairs.doc_id[i]] = y
+                key = (pairs.query_id[i], pairs.doc_id[i])
+                if key in by_ids and by_ids[key] != y:  # which label is right is not ours to guess
+                    raise invalid(
+                        f"pair (query {key[0]!r}, document {key[1]!r}) is scored twice with different labels ({by_ids[key]:g} and {y:g}; data row {i + 1})",
+                        where=str(path),
+                        fix="keep one score per (query_id, doc_id) pair",
+                    )
+                by_ids[key] = y
         labels = np.asarray(pairs.label, dtype=np.float64)
         space = spec.score_space
         inferred = space is None

@@ -50,7 +50,27 @@ def _stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[s
         raise
 
 
-def train(run: str | Path, cfg: TrainConfig | None = None, *, smoke: bool = False, resume: bool = False, force: bool = False) -> Result:
+def launch_command(script: Path, launcher: str = "python", nproc_per_node: int | None = None) -> list[str]:
+    """The command that runs train.py: plain Python, `accelerate launch`, or `torchrun` over N processes."""
+    if launcher == "python":
+        return [sys.executable, str(script)]
+    if launcher == "accelerate":
+        return [sys.executable, "-m", "accelerate.commands.launch", *(["--num_processes", str(nproc_per_node)] if nproc_per_node else []), str(script)]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node or 1), str(script)]
+    raise SkillError(f"unknown launcher {launcher!r}", code=ExitCode.USAGE, fix="use --launcher python, accelerate or torchrun")
+
+
+def train(
+    run: str | Path,
+    cfg: TrainConfig | None = None,
+    *,
+    smoke: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    launcher: str = "python",
+    nproc_per_node: int | None = None,
+) -> Result:
     """Render if needed (or when `cfg` overrides are given), run train.py, record the `train` stage."""
     run_ = Run(run)
     warnings: list[str] = []
@@ -78,7 +98,8 @@ def train(run: str | Path, cfg: TrainConfig | None = None, *, smoke: bool = Fals
             text=prev.get("metrics", {}).get("verdict_line", "train: up to date"),
         )
 
-    cmd = [sys.executable, str(script.resolve())] + (["--smoke"] if smoke else []) + (["--resume"] if resume else [])
+    # A smoke run is one step: always a single process.
+    cmd = launch_command(script.resolve(), "python" if smoke else launcher, nproc_per_node) + (["--smoke"] if smoke else []) + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("SMOKE", None)
     print(f"running: {' '.join(cmd)}", file=sys.stderr)

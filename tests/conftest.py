@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -90,3 +91,23 @@ def toy_scored_run(stdlib_domain, tmp_path_factory) -> Path:
     from skill.testing import write_toy_scored_run
 
     return write_toy_scored_run(tmp_path_factory.mktemp("runs") / "toy", stdlib_domain)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
+    """The CLI's `main()` in this process (what the console script runs), exit code and output captured.
+
+    For long tables of fast failures; `run_cli` runs the same thing in a subprocess.
+    """
+    from skill.cli import main
+
+    def invoke(*args) -> subprocess.CompletedProcess:
+        argv = ["reranker-skill", *map(str, args)]
+        monkeypatch.setattr(sys, "argv", argv)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, exit_info.value.code, out, err)
+
+    return invoke

@@ -294,3 +294,103 @@ def test_cli_help_lists_flags():
     proc = subprocess.run([sys.executable, "-m", "skill", "score", "--help"], capture_output=True, text=True, cwd=REPO)
     for flag in ("--teacher", "--teacher-type", "--weight", "--batch-size", "--max-length", "--shard", "--merge"):
         assert flag in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------- --backend onnx
+
+
+@pytest.fixture(scope="module")
+def onnx_run(mined, tiny_reranker, tmp_path_factory):
+    """The tiny reranker scored through the real CLI with --backend onnx (same chunking as `ce_run`)."""
+    run = _copy(mined, tmp_path_factory.mktemp("onnx") / "run")
+    code, payload = run_json("score", "--run", run, "--teacher", tiny_reranker, "--chunk-size", "200", "--max-length", "128", "--backend", "onnx")
+    assert code == 0, payload["errors"]
+    return run, payload
+
+
+def _onnx_graphs(run: Path) -> list[Path]:
+    return sorted((run / "cache").glob("onnx-*/onnx/model.onnx"))
+
+
+def test_onnx_backend_scores_equal_torch(onnx_run, ce_run):
+    from skill.teacher import cpu_cores
+
+    run, payload = onnx_run
+    np.testing.assert_allclose(_labels(run), _labels(ce_run[0]), atol=1e-4)
+    held = pq.read_table(run / "heldout_scores.parquet").column("teacher_score").to_numpy()
+    np.testing.assert_allclose(held, pq.read_table(ce_run[0] / "heldout_scores.parquet").column("teacher_score").to_numpy(), atol=1e-4)
+    assert not np.array_equal(_labels(run), _labels(ce_run[0]))  # really another engine, not torch's chunks reused
+    meta = json.loads((run / "scores.meta.json").read_text())
+    assert meta["backend"] == "onnx" and meta["teachers"][0]["backend"] == "onnx"
+    assert json.loads((ce_run[0] / "scores.meta.json").read_text())["backend"] == "torch"
+    m = payload["metrics"]
+    assert m["onnx_cache"] == "miss" and m["onnx_threads"] == cpu_cores() and m["onnx_parity_max_drift"] <= 1e-4
+    graphs = _onnx_graphs(run)
+    assert len(graphs) == 1 and str(graphs[0]) == m["onnx_graph"] and (graphs[0].parent.parent / "export.json").exists()
+    assert not list((run / "cache").glob(".*"))  # the export was published by rename, no temp folder left
+
+
+def test_onnx_cache_is_reused_and_a_partial_run_resumes(onnx_run, mined, tiny_reranker, tmp_path):
+    run = _copy(mined, tmp_path / "run")
+    shutil.copytree(onnx_run[0] / "cache", run / "cache")  # keyed by content, not by run folder
+    graph = _onnx_graphs(run)[0]
+    stamp = graph.stat().st_mtime_ns
+    spec = TeacherSpec(model=str(tiny_reranker))
+    first = score(run, _cfg(spec, chunk_size=200, shard="1/2", backend="onnx"))  # stops half-way, like an interrupted run
+    assert first.metrics["merged"] is False and first.metrics["onnx_cache"] == "hit"
+    resumed = score(run, _cfg(spec, chunk_size=200, backend="onnx"))
+    assert resumed.metrics["onnx_cache"] == "hit" and resumed.metrics["onnx_export_seconds"] == 0
+    assert first.metrics["chunks_scored"] + resumed.metrics["chunks_scored"] == resumed.metrics["chunks_total"]
+    assert _onnx_graphs(run) == [graph] and graph.stat().st_mtime_ns == stamp  # not exported again
+    for name in ("scores.parquet", "heldout_scores.parquet"):
+        a = pq.read_table(run / name).to_pandas()
+        b = pq.read_table(onnx_run[0] / name).to_pandas()
+        col = "label" if name == "scores.parquet" else "teacher_score"
+        assert a.drop(columns=[col]).equals(b.drop(columns=[col]))
+        np.testing.assert_allclose(a[col], b[col], atol=1e-6)
+    # Switching back to torch is a different result: the stage reruns and reads torch's own chunks.
+    back = score(run, _cfg(spec, chunk_size=200))
+    assert back.metrics.get("skipped") is not True and json.loads((run / "scores.meta.json").read_text())["backend"] == "torch"
+
+
+def test_onnx_graph_that_drifts_from_torch_fails_with_exit_6(onnx_run, mined, tiny_reranker, ce_run, tmp_path):
+    import torch
+
+    from skill.export import ONNX_FILE, trace_onnx
+    from skill.modeling import load_reranker
+
+    run = _copy(mined, tmp_path / "run", rows=40)
+    shutil.copytree(onnx_run[0] / "cache", run / "cache")
+    folder = _onnx_graphs(run)[0].parent.parent
+    # A stale graph under this teacher's key: the same architecture with other weights.
+    other = load_reranker(str(tiny_reranker), device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in other[0].model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trace_onnx(other, folder / ONNX_FILE)
+    cfg = _cfg(TeacherSpec(model=str(tiny_reranker)), chunk_size=200, backend="onnx")
+    with pytest.raises(SkillError) as err:
+        score(run, cfg)
+    assert err.value.code == ExitCode.RUNTIME_FAILURE == 6
+    assert "does not reproduce torch" in err.value.message and "--backend torch" in err.value.fix
+    _nothing_written(run)
+    assert not folder.exists()  # the bad graph is gone, so a rerun exports afresh
+    again = score(run, cfg)
+    assert again.metrics["onnx_cache"] == "miss"
+    np.testing.assert_allclose(_labels(run), _labels(ce_run[0])[:40], atol=1e-4)
+
+
+def test_onnx_backend_falls_back_to_torch_with_a_warning(mined, bi_run, tiny_base, tmp_path):
+    from skill.teacher import CrossEncoderTeacher, onnx_fallback_reason
+
+    run = _copy(mined, tmp_path / "run")
+    shutil.copytree(bi_run / "score_work", run / "score_work")  # torch's chunks: a fallback reuses them as they are
+    result = score(run, _cfg(TeacherSpec(model=str(tiny_base), type="bi-encoder"), chunk_size=200, backend="onnx"))
+    assert any("--backend onnx does not apply" in w and "bi-encoder" in w for w in result.warnings)
+    assert result.metrics["chunks_scored"] == 0 and _same(run / "scores.parquet", bi_run / "scores.parquet")
+    meta = json.loads((run / "scores.meta.json").read_text())
+    assert meta["backend"] == "onnx" and meta["teachers"][0]["backend"] == "torch"
+    assert not (run / "cache").exists()
+    gpu = CrossEncoderTeacher(name="t", type="cross-encoder", weight=1.0, score_space="raw_logit", max_length=128, device="cuda:0")
+    assert "CPU" in onnx_fallback_reason(gpu)
