@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -151,6 +152,7 @@ def main() -> None:
     for name in engines:
         print(f"  ratio {name} / predict: {best['predict'] / best[name]:.2f}x   max |Δscore| vs predict {np.abs(outs[name] - outs['predict']).max():.2e}")
     print(f"  ratio score onnx / score torch: {best['score torch'] / best['score onnx']:.2f}x")
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -362,12 +362,13 @@ def run_cmd(recipe: Path, overrides: tuple[str, ...], force: bool) -> Result:
 @envelope_command("quickstart")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the quickstart recipe. Repeatable.")
+@click.option("--max-queries", type=click.IntRange(min=20), default=1600, show_default=True, help="Cap on the embedded domain's queries (it has ~1,400).")
 @click.option("--force", is_flag=True, help="Redo every stage even if up to date.")
-def quickstart_cmd(run_dir: Path, overrides: tuple[str, ...], force: bool) -> Result:
+def quickstart_cmd(run_dir: Path, overrides: tuple[str, ...], max_queries: int, force: bool) -> Result:
     """The whole pipeline offline on an embedded domain (standard-library docstrings, packaged MiniLM), ~10 CPU minutes."""
     from skill.quickstart import quickstart
 
-    return quickstart(run_dir=run_dir, overrides=overrides, force=force, log=lambda line: click.echo(line, err=True))
+    return quickstart(run_dir=run_dir, overrides=overrides, max_queries=max_queries, force=force, log=lambda line: click.echo(line, err=True))
 
 
 def _agent_options(fn):

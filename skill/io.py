@@ -33,8 +33,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:
+        # numpy's writers report a short write without an errno ("N requested and M written"): a full disk all the same.
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or (exc.errno is None and _disk_full(path.parent))
         tmp_path.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if full:
             raise SkillError(
                 "no space left on device while writing",
                 code=ExitCode.RUNTIME_FAILURE,
@@ -45,6 +47,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < st.f_frsize * 2
 
 
 def write_text(path: str | Path, text: str) -> Path:

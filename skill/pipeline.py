@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from skill.config import RunConfig
-from skill.envelope import Result
-from skill.errors import ExitCode
+from skill.envelope import Result, error_result
+from skill.errors import ExitCode, SkillError
 
 
 def _stage_calls(cfg: RunConfig, force: bool) -> dict[str, Callable[[], Result]]:
@@ -75,7 +75,10 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log: Callable[[str], No
                     continue  # the full run is already done with this script: no smoke needed
         log(f"==> {name}")
         t0 = time.time()
-        result = calls[name]()
+        try:
+            result = calls[name]()
+        except SkillError as err:
+            result = error_result(err)
         seconds = round(time.time() - t0, 1)
         skipped = bool(result.metrics.get("skipped"))
         results[name] = {"exit_code": int(result.exit_code), "status": result.status, "seconds": seconds, "skipped": skipped}

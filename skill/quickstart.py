@@ -30,14 +30,14 @@ STAND_INS = (
 )
 
 
-def quickstart(*, run_dir: Path, overrides: tuple[str, ...] = (), force: bool = False, log=print) -> Result:
+def quickstart(*, run_dir: Path, overrides: tuple[str, ...] = (), max_queries: int = 1600, force: bool = False, log=print) -> Result:
     from skill.pipeline import run_pipeline
     from skill.recipe import load_recipe
 
     started = time.time()
     data_dir = Path(run_dir) / "data"
     log(f"==> building the standard-library docstring domain in {data_dir}")
-    paths = build_stdlib_domain(data_dir)
+    paths = build_stdlib_domain(data_dir, max_pairs=max_queries)
     cfg = load_recipe(
         RECIPE,
         [f"run={run_dir}", f"data.corpus={paths['corpus']}", f"data.queries={paths['queries']}", f"data.qrels={paths['qrels']}", *overrides],

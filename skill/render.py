@@ -61,7 +61,11 @@ def _check_literal(value: Any, depth: int = 0) -> None:
 def detect_base_kind(base: str) -> str:
     """encoder, bi-encoder or reranker, from a local folder's files or, for a hub id, its name."""
     path = Path(base)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # e.g. a name too long to be a path: it can only be a (bad) hub id, which training will report
+        is_dir = False
+    if is_dir:
         st_config = path / "config_sentence_transformers.json"
         if st_config.exists():
             try:
@@ -191,11 +195,14 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
             warnings.append(advice)
     else:
         warnings.append(f"{scores} does not exist yet: run `reranker-skill mine` and `reranker-skill score` before training")
-    stage = Stage(run_, "render", config=values, inputs={})
-    with stage.running():
-        write_text(target, text)
-        stage.outputs["script"] = SCRIPT
-        stage.metrics.update({"script_sha256": hash_file(target), "train_memory_gb_estimate": spec.train_memory_gb})
+    # Rewriting an identical script is a no-op: the manifest and the file stay as they are.
+    unchanged = target.exists() and previous is not None and previous.get("metrics", {}).get("script_sha256") == hash_file(target) and target.read_text(encoding="utf-8") == text
+    if not unchanged:
+        stage = Stage(run_, "render", config=values, inputs={})
+        with stage.running():
+            write_text(target, text)
+            stage.outputs["script"] = SCRIPT
+            stage.metrics.update({"script_sha256": hash_file(target), "train_memory_gb_estimate": spec.train_memory_gb})
     commands = run_commands(run_.path)
     lines = [
         f"wrote {target} (size {values['size']}, base {values['base']} as {values['base_kind']}, loss {values['loss']}, lr {values['learning_rate']:g}, global batch {values['global_batch']})",
@@ -203,5 +210,5 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
         *(f"  {c}" for c in commands),
         f"or: reranker-skill train --run {run_.path}",
     ]
-    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands}
+    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands, "skipped": unchanged}
     return Result(artifacts={"script": str(target)}, metrics=metrics, warnings=warnings, text="\n".join(lines))

@@ -27,11 +27,22 @@ REQUIRED_INPUTS = {
 }
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `train` dies, even by kill -9 — an orphaned train.py would keep
+    writing checkpoints while the user's `train --resume` starts a second one on the same folder."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
 def _stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str], str | None]:
     """Run `cmd`, copying its output line by line to stderr; returns (exit code, last lines, VERDICT line)."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
     verdict = None
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace", preexec_fn=_die_with_parent if sys.platform == "linux" else None
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -97,7 +97,7 @@ def test_hostile_values_through_the_cli(cli, tmp_path):
         proc = cli("render", "--run", run, flag, value)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 2, (flag, value, out)
-        assert "Traceback" not in out and "unexpected" not in out and len(out.strip().splitlines()) <= 3
+        assert "Traceback" not in out and "unexpected" not in out and len([x for x in out.splitlines() if x.strip()]) <= 3
         assert not (run / "train.py").exists()
     assert not marker.exists()
 
@@ -220,12 +220,12 @@ def mined(stdlib_domain, tmp_path) -> Path:
 def test_custom_code_is_never_run_without_trust_remote_code(evil, mined, stdlib_domain, tiny_reranker, tmp_path, monkeypatch):
     """Every loader, in process, with "y" waiting on stdin (transformers would read it as consent to run the code)."""
     from skill.config import DataConfig, EvaluateConfig, MineConfig, ScoreConfig, TeacherSpec
+    from skill.data import ColumnMapping
     from skill.evaluate import evaluate
     from skill.export import export_model
     from skill.mine import mine
     from skill.modeling import build_ettin_reranker
     from skill.preflight import inspect_data
-    from skill.data import ColumnMapping
     from skill.score import score
 
     data = DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"])

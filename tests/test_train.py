@@ -43,6 +43,10 @@ def test_train_end_to_end_verdict_identity_raw_scores(run, tiny_base):
     assert (run / "train_log.txt").read_text().rstrip().endswith(m["verdict_line"])  # the log is tee'd
 
     result = json.loads((run / "train_result.json").read_text())
+    # The verdict is against the stronger of the untrained student and the first stage.
+    assert result["first_stage"] is not None and f"first_stage={result['first_stage']['ndcg@10']:.4f}" in m["verdict_line"]
+    decisive = min(result["delta"], result["delta_first_stage"])
+    assert result["verdict"] == ("WIN" if decisive >= 0.01 else "REGRESSION" if decisive <= -0.01 else "MARGINAL")
     assert result["model_dir"] == "student" and result["best_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
     assert result["batch"]["gradient_accumulation"] == 2 and result["device"] == {"device": "cpu", "bf16": False, "attn_implementation": "sdpa"}
     record = json.loads((run / "manifest.json").read_text())["stages"]["train"]
