@@ -136,28 +136,10 @@ def check_reranker(spec: str, role: str) -> str:
 
 def model_kind(path: Path) -> str:
     """"reranker", "bi-encoder", "encoder", "multi-label" or "none" for a local folder."""
-    st_config = path / "config_sentence_transformers.json"
-    if st_config.exists():
-        try:
-            model_type = read_json(st_config).get("model_type")
-        except (ValueError, AttributeError):
-            model_type = None
-        if model_type == "CrossEncoder":
-            return "reranker"
-        return "bi-encoder"
-    if (path / "modules.json").exists():
-        return "bi-encoder"
-    config = path / "config.json"
-    if not config.exists():
-        return "none"
-    try:
-        cfg = read_json(config)
-    except ValueError:
-        return "none"
-    if any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
-        labels = len(cfg.get("id2label") or {"0": "LABEL_0"})
-        return "reranker" if labels == 1 else "multi-label"
-    return "encoder"
+    from skill.modeling import model_folder_kind
+
+    kind = model_folder_kind(path)
+    return {"mxbai-v2": "reranker", "causal-lm": "encoder"}.get(kind, kind)
 
 
 def _looks_like_path(spec: str) -> bool:

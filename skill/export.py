@@ -55,41 +55,28 @@ class Tolerances:
 
 def check_reranker_folder(path: Path) -> str:
     """Fail clearly unless `path` is a local reranker folder; returns its kind."""
+    from skill.modeling import model_folder_kind
+
     if not path.exists():
         raise missing(f"model folder not found: {path}", where=str(path), fix="pass --model a trained reranker folder (e.g. runs/NAME/student)")
     if not path.is_dir():
         raise invalid("--model must be a folder, not a file", where=str(path), fix="pass the folder that holds modules.json / config.json")
-    if (path / "modules.json").exists():
-        st_config = path / "config_sentence_transformers.json"
-        kind = "SentenceTransformer"
-        if st_config.exists():
-            try:
-                kind = read_json(st_config).get("model_type") or kind
-            except ValueError:
-                raise invalid("config_sentence_transformers.json is not valid JSON", where=str(st_config), fix="re-save the model with CrossEncoder.save") from None
-        if kind != "CrossEncoder":
-            raise invalid(
-                f"this folder is a {kind} (an embedding model), not a reranker",
-                where=str(path),
-                fix="export a CrossEncoder folder — the `student/` that `train` writes, or any sentence-transformers CrossEncoder",
-            )
-        return "sentence-transformers CrossEncoder"
-    config = path / "config.json"
-    if not config.exists():
-        raise invalid("not a model folder (no modules.json, no config.json)", where=str(path), fix="pass a CrossEncoder folder (e.g. runs/NAME/student)")
-    try:
-        cfg = read_json(config)
-    except ValueError:
-        raise invalid("config.json is not valid JSON", where=str(config), fix="re-save the model") from None
-    archs = cfg.get("architectures") or []
-    labels = len(cfg.get("id2label") or {}) or cfg.get("num_labels", 2)
-    if not any(a.endswith("ForSequenceClassification") for a in archs) or labels != 1:
+    kind = model_folder_kind(path)
+    if kind == "reranker":
+        return "sentence-transformers CrossEncoder" if (path / "modules.json").exists() else "transformers sequence classifier"
+    if kind == "bi-encoder":
         raise invalid(
-            f"a transformers model ({', '.join(archs) or 'no architecture'}), not a one-score reranker",
-            where=str(config),
-            fix="export a CrossEncoder / *ForSequenceClassification model with num_labels=1",
+            "this folder is a SentenceTransformer (an embedding model), not a reranker",
+            where=str(path),
+            fix="export a CrossEncoder folder — the `student/` that `train` writes, or any sentence-transformers CrossEncoder",
         )
-    return "transformers sequence classifier"
+    if kind == "none":
+        raise invalid("not a model folder (no readable modules.json or config.json)", where=str(path), fix="pass a CrossEncoder folder (e.g. runs/NAME/student)")
+    raise invalid(
+        f"a {kind} model, not a one-score reranker",
+        where=str(path / "config.json"),
+        fix="export a CrossEncoder / *ForSequenceClassification model with num_labels=1",
+    )
 
 
 def _load_original(path: Path):

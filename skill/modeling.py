@@ -55,3 +55,49 @@ def load_reranker(path: str, *, device: str | None = None, max_seq_length: int |
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model
+
+
+ModelFolderKind = Literal["reranker", "mxbai-v2", "bi-encoder", "encoder", "multi-label", "causal-lm", "none"]
+
+
+def model_folder_kind(path) -> ModelFolderKind:
+    """What a local model folder holds, from its config files alone (nothing is loaded).
+
+    reranker: a CrossEncoder folder, or a one-label *ForSequenceClassification model;
+    mxbai-v2: a CrossEncoder with a LogitScore head; bi-encoder: a SentenceTransformer folder;
+    multi-label: a classifier with several labels; causal-lm: a bare *ForCausalLM; encoder: any
+    other transformers model; none: no model config at all (or an unreadable one).
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+
+    def read(name: str) -> dict | None:
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    modules = path / "modules.json"
+    st_config = read("config_sentence_transformers.json")
+    if st_config is not None or modules.exists():
+        if st_config is not None and st_config.get("model_type") == "CrossEncoder":
+            try:
+                if "LogitScore" in modules.read_text(encoding="utf-8"):
+                    return "mxbai-v2"
+            except OSError:
+                pass
+            return "reranker"
+        return "bi-encoder"
+    config = read("config.json")
+    if config is None:
+        return "none"
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
+        return "reranker" if labels == 1 else "multi-label"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "causal-lm"
+    return "encoder"

@@ -7,7 +7,6 @@ Python literal — a model id holding quotes, newlines or code stays an inert st
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -66,22 +65,10 @@ def detect_base_kind(base: str) -> str:
     except OSError:  # e.g. a name too long to be a path: it can only be a (bad) hub id, which training will report
         is_dir = False
     if is_dir:
-        st_config = path / "config_sentence_transformers.json"
-        if st_config.exists():
-            try:
-                if json.loads(st_config.read_text(encoding="utf-8")).get("model_type") == "CrossEncoder":
-                    return "reranker"
-            except ValueError:
-                pass
-        hf_config = path / "config.json"
-        if hf_config.exists():
-            try:
-                architectures = json.loads(hf_config.read_text(encoding="utf-8")).get("architectures") or []
-            except ValueError:
-                architectures = []
-            if any(a.endswith("ForSequenceClassification") for a in architectures):
-                return "reranker"
-        return "bi-encoder" if (path / "modules.json").exists() else "encoder"
+        from skill.modeling import model_folder_kind
+
+        kind = model_folder_kind(path)
+        return "reranker" if kind in ("reranker", "mxbai-v2", "multi-label") else "bi-encoder" if kind == "bi-encoder" else "encoder"
     lowered = base.lower()
     if lowered.startswith("cross-encoder/") or "rerank" in lowered:
         return "reranker"

@@ -12,7 +12,6 @@ all labels in [0, 1] → `probability`); an ensemble gives per-query z-scores (`
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -77,31 +76,12 @@ def detect_type(name: str) -> str:
     if path.is_file():
         return "file"
     if path.is_dir():
-        st_cfg = path / "config_sentence_transformers.json"
-        modules = path / "modules.json"
-        if modules.exists() and "LogitScore" in modules.read_text(encoding="utf-8"):
-            return "mxbai-v2"
-        if st_cfg.exists():
-            try:
-                kind = json.loads(st_cfg.read_text(encoding="utf-8")).get("model_type")
-            except ValueError:
-                kind = None
-            if kind == "CrossEncoder":
-                return "cross-encoder"
-            if kind == "SentenceTransformer":
-                return "bi-encoder"
-        cfg = path / "config.json"
-        if cfg.exists():
-            try:
-                archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
-            except ValueError:
-                archs = []
-            if any(a.endswith("ForSequenceClassification") for a in archs):
-                return "cross-encoder"
-            if any(a.endswith("ForCausalLM") for a in archs):
-                return "mxbai-v2"
-            if modules.exists():
-                return "bi-encoder"
+        from skill.modeling import model_folder_kind
+
+        kind = model_folder_kind(path)
+        adapter = {"reranker": "cross-encoder", "mxbai-v2": "mxbai-v2", "causal-lm": "mxbai-v2", "bi-encoder": "bi-encoder"}.get(kind)
+        if adapter is not None:
+            return adapter
         raise invalid(
             "cannot tell what kind of teacher this folder holds",
             where=str(path),

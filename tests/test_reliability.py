@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO
@@ -265,9 +267,15 @@ def test_disk_full_mid_scoring_keeps_committed_chunks_and_resumes(mined, score_r
 
 @pytest.fixture(scope="module")
 def eval_run(toy_scored_run, tiny_reranker, tmp_path_factory) -> Path:
+    """The toy run cut to 12 held-out queries, with the tiny reranker as its student."""
     run = tmp_path_factory.mktemp("eval") / "run"
     shutil.copytree(toy_scored_run, run)
     shutil.copytree(tiny_reranker, run / "student")
+    table = pq.read_table(run / "heldout_candidates.parquet")
+    keep = sorted(set(table.column("query_id").to_pylist()))[:12]
+    pq.write_table(table.filter(pc.is_in(table.column("query_id"), pa.array(keep))), run / "heldout_candidates.parquet")
+    qrels = json.loads((run / "qrels_heldout.json").read_text())
+    (run / "qrels_heldout.json").write_text(json.dumps({q: qrels[q] for q in keep}))
     return run
 
 
@@ -275,9 +283,10 @@ EVAL_CFG = {"resamples": 300}
 
 
 def _deterministic(report: dict) -> dict:
-    """Everything but timings, and notes about machine load."""
+    """Everything but timings, notes about machine load, and the run folder's own path."""
     out = {k: v for k, v in report.items() if k not in ("cost", "speedup_vs_teacher", "notes", "run")}
     out["summary"] = {k: v for k, v in report["summary"].items() if k not in ("student_pairs_per_s", "speedup_vs_teacher")}
+    out["systems"] = {name: {k: v for k, v in s.items() if k != "source"} for name, s in report["systems"].items()}
     return out
 
 
