@@ -84,6 +84,10 @@ class TrainConfig(_Section):
     head: Literal["ettin", "linear"] = "ettin"
     loss: Literal["mse", "margin-mse", "listnet"] = "mse"
     label_transform: Literal["raw", "centred"] = "raw"
+    # lift: a training query's qrels positives get label max(teacher labels of the query) + gold_margin,
+    # so gold labels outrank whatever the teacher preferred (never applied to held-out queries).
+    gold_positives: Literal["none", "lift"] = "none"
+    gold_margin: float = Field(2.0, ge=0, le=100)
     list_size: int = Field(8, ge=2, le=256)  # documents per query group (listnet)
     head_lr_multiplier: float = Field(1.0, gt=0, le=1000)
     learning_rate: float | None = Field(None, gt=0, lt=1)

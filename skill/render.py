@@ -93,6 +93,8 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
         "head": cfg.head,
         "loss": cfg.loss,
         "label_transform": cfg.label_transform,
+        "gold_positives": cfg.gold_positives,
+        "gold_margin": float(cfg.gold_margin),
         "list_size": cfg.list_size,
         "learning_rate": cfg.learning_rate or spec.learning_rate,
         "head_lr_multiplier": float(cfg.head_lr_multiplier),

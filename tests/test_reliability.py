@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -60,6 +61,11 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 def _same_table(a: Path, b: Path) -> bool:
     return pq.read_table(a).to_pandas().equals(pq.read_table(b).to_pandas())
+
+
+def _message_lines(proc) -> list[str]:
+    """What the command said, less progress bars (tqdm redraws; a terminal shows them as one transient line)."""
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
 
 
 def _temp_files(root: Path) -> list[Path]:
@@ -226,7 +232,7 @@ def test_disk_full_while_writing_the_score_tables(mined, tmp_path):
         manifest = (run / "manifest.json").read_bytes()
         filler = _fill(disk, leave=8 * 1024)
         proc = subprocess.run([*CLI, "score", "--run", str(run), "--teacher", str(scores)], capture_output=True, text=True, cwd=REPO)
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        lines = _message_lines(proc)
         assert proc.returncode == ExitCode.RUNTIME_FAILURE and len(lines) == 1, proc.stdout + proc.stderr
         assert "no space left on device while writing" in lines[0] and "fix: free disk space" in lines[0] and "Traceback" not in proc.stderr
         for name in ("scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
@@ -335,7 +341,7 @@ def test_disk_full_while_writing_the_report(cli, eval_run, tmp_path):
         manifest = (run / "manifest.json").read_bytes() if (run / "manifest.json").exists() else None
         filler = _fill(disk, leave=12 * 1024)
         proc = cli("evaluate", "--run", run, "--student", eval_run / "student", "--resamples", EVAL_CFG["resamples"])
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        lines = _message_lines(proc)
         assert proc.returncode == ExitCode.RUNTIME_FAILURE and len(lines) == 1, proc.stdout + proc.stderr
         assert "no space left on device while writing" in lines[0] and "report" in lines[0]
         assert not _temp_files(run)

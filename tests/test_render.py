@@ -165,6 +165,15 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
     for r in centred:
         per_query.setdefault(r["query_id"], []).append(r["label"])
     assert all(abs(sum(v) / len(v)) < 1e-5 for v in per_query.values())
+    m.LABEL_TRANSFORM, m.GOLD_POSITIVES, m.GOLD_MARGIN = "raw", "lift", 3.0
+    lifted = m.training_rows()
+    best_other: dict[str, float] = {}
+    for r in rows:
+        best_other[r["query_id"]] = max(best_other.get(r["query_id"], float("-inf")), r["label"])
+    positives = [r for r in lifted if r["relevance"] > 0]
+    assert positives and all(r["label"] >= best_other[r["query_id"]] + 3.0 - 1e-9 for r in positives)
+    assert [r["label"] for r in lifted if r["relevance"] <= 0] == [r["label"] for r in rows if r["relevance"] <= 0]
+    m.GOLD_POSITIVES = "none"
 
     for loss, columns, per_example in (
         ("mse", ["query", "document", "label"], 1),
