@@ -213,7 +213,7 @@ _TRAIN_OPTIONS = [
     click.option("--pooling", type=click.Choice(["cls", "mean"]), help="Pooling for a new head (default cls; mean for a bi-encoder base)."),
     click.option("--head", type=click.Choice(["ettin", "linear"]), help="ettin: Dense+GELU → LayerNorm → Dense; linear: one Dense."),
     click.option("--loss", type=click.Choice(["mse", "margin-mse", "listnet"]), help="Distillation loss (default mse on raw teacher scores)."),
-    click.option("--label-transform", type=click.Choice(["raw", "centred"]), help="centred: subtract each query's mean teacher score."),
+    click.option("--label-transform", type=click.Choice(["raw", "centred", "zscore"]), help="centred: minus each query's mean teacher score; zscore: also divide by its spread."),
     click.option("--gold-positives", type=click.Choice(["none", "lift"]), help="lift: qrels positives of training queries get the query's top teacher label + --gold-margin."),
     click.option("--gold-margin", type=float, help="How far above the teacher's best a gold positive is lifted (default 2.0)."),
     click.option("--list-size", type=int, help="Documents per query group for listnet (default 8)."),

@@ -83,7 +83,7 @@ class TrainConfig(_Section):
     pooling: Literal["cls", "mean"] | None = None
     head: Literal["ettin", "linear"] = "ettin"
     loss: Literal["mse", "margin-mse", "listnet"] = "mse"
-    label_transform: Literal["raw", "centred"] = "raw"
+    label_transform: Literal["raw", "centred", "zscore"] = "raw"
     # lift: a training query's qrels positives get label max(teacher labels of the query) + gold_margin,
     # so gold labels outrank whatever the teacher preferred (never applied to held-out queries).
     gold_positives: Literal["none", "lift"] = "none"

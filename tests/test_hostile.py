@@ -221,7 +221,8 @@ def test_custom_code_is_never_run_without_trust_remote_code(evil, mined, stdlib_
     """Every loader, in process, with "y" waiting on stdin (transformers would read it as consent to run the code)."""
     from skill.config import DataConfig, EvaluateConfig, MineConfig, ScoreConfig, TeacherSpec
     from skill.data import ColumnMapping
-    from skill.evaluate import evaluate
+    from skill.evaluate import _load as evaluate_load
+    from skill.evaluate import check_reranker, evaluate
     from skill.export import export_model
     from skill.mine import mine
     from skill.modeling import build_ettin_reranker
@@ -236,7 +237,7 @@ def test_custom_code_is_never_run_without_trust_remote_code(evil, mined, stdlib_
         "score --teacher-type cross-encoder": lambda f: score(mined, ScoreConfig(teachers=[TeacherSpec(model=str(f), type="cross-encoder")], max_length=64)),
         "score --teacher-type bi-encoder": lambda f: score(mined, ScoreConfig(teachers=[TeacherSpec(model=str(f), type="bi-encoder")], max_length=64)),
         "evaluate --student": lambda f: evaluate(mined, EvaluateConfig(student=str(f), resamples=100)),
-        "evaluate --model": lambda f: evaluate(mined, EvaluateConfig(student=str(tiny_reranker), models=[str(f)], resamples=100), force=True),
+        "evaluate --model": lambda f: evaluate_load(check_reranker(str(f), "model"), "model", EvaluateConfig()),  # what evaluate does with each --model
         "export --model": lambda f: export_model(model=f, out=tmp_path / "exported"),
         "a new head on an encoder (render/train/evaluate --base)": lambda f: build_ettin_reranker(str(f), max_seq_length=32),
     }
@@ -313,7 +314,7 @@ def test_a_hub_token_never_reaches_output_manifest_or_reports(cli, tmp_path, mon
     rows = pq.read_table(run / "train_pairs.parquet").to_pylist() + pq.read_table(run / "heldout_candidates.parquet").to_pylist()
     write_jsonl(scores, [{"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": float(r["relevance"]) * 5 - 2 + i % 3} for i, r in enumerate(rows)])
     outputs.append(cli("score", "--run", run, "--teacher", scores, "--json"))
-    outputs.append(cli("render", "--run", run, "--base", tiny_reranker, "--push-to-hub", "someone/private-reranker", "--json"))
+    outputs.append(cli("render", "--run", run, "--base", "someone/base-encoder", "--push-to-hub", "someone/private-reranker", "--json"))
     shutil.copytree(tiny_reranker, run / "student")
     outputs.append(cli("evaluate", "--run", run, "--resamples", "100", "--json"))
     outputs.append(cli("install", "--agent", "claude", "--dest", tmp_path / "proj", "--json"))

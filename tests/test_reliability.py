@@ -369,7 +369,7 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
     render(
         run,
         TrainConfig(
-            base=str(tiny_base), max_steps=12, eval_every=4, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0, push_to_hub="someone/private-reranker"
+            base=str(tiny_base), max_steps=8, eval_every=4, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0, push_to_hub="someone/private-reranker"
         ),
     )
     env = {"HF_TOKEN": TOKEN, "HUGGING_FACE_HUB_TOKEN": TOKEN}
@@ -387,7 +387,7 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
 
     complete = sorted((p for p in (run / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     partial = None
-    if phase == "at-a-checkpoint" and complete and int(complete[-1].name.rsplit("-", 1)[1]) < 12:
+    if phase == "at-a-checkpoint" and complete and int(complete[-1].name.rsplit("-", 1)[1]) < 8:
         # What a kill in the middle of the next save leaves: a checkpoint folder without its trainer state, weights cut short.
         step = int(complete[-1].name.rsplit("-", 1)[1]) + 4
         partial = run / "checkpoints" / f"checkpoint-{step}"
@@ -400,13 +400,15 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads(proc.stdout)
     m = payload["metrics"]
-    assert m["global_step"] == 12 and m["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
+    assert m["global_step"] == 8 and m["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
     result = json.loads((run / "train_result.json").read_text())
     if complete:  # resumed from the last checkpoint saved whole, not from scratch
         assert m["resumed"] is True and int(result["resumed_from"].rsplit("-", 1)[1]) >= int(complete[-1].name.rsplit("-", 1)[1])
     log = (run / "train_log.txt").read_text()
     if partial is not None:
-        assert "was not saved completely" in log and result["resumed_from"] == str(complete[-1])
+        assert result["resumed_from"] == str(complete[-1])
+    if phase == "at-a-checkpoint":  # cut short by the kill itself, or by the injected half-written save
+        assert "was not saved completely" in log
     assert (run / "student" / "modules.json").exists() and json.loads((run / "manifest.json").read_text())["stages"]["train"]["status"] == "ok"
     assert any("push to someone/private-reranker failed" in w for w in payload["warnings"])  # the push path ran (offline)
     assert TOKEN not in proc.stdout + proc.stderr

@@ -165,6 +165,12 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
     for r in centred:
         per_query.setdefault(r["query_id"], []).append(r["label"])
     assert all(abs(sum(v) / len(v)) < 1e-5 for v in per_query.values())
+    m.LABEL_TRANSFORM = "zscore"
+    per_query = {}
+    for r in m.training_rows():
+        per_query.setdefault(r["query_id"], []).append(r["label"])
+    spreads = [(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)) ** 0.5 for v in per_query.values() if len(set(v)) > 1]
+    assert spreads and all(abs(s - 1) < 1e-6 for s in spreads)
     m.LABEL_TRANSFORM, m.GOLD_POSITIVES, m.GOLD_MARGIN = "raw", "lift", 3.0
     lifted = m.training_rows()
     best_other: dict[str, float] = {}
