@@ -436,14 +436,25 @@ class BiEncoderTeacher(ModelTeacher):
         enc = tok([d for _, d in pairs], truncation=True, max_length=self.max_length)
         return np.asarray([len(ids) for ids in enc["input_ids"]], dtype=np.int32)
 
+    # Texts embedded so far: each query and document is encoded once however many pairs it is in
+    # (batches are length-sorted, so a document's pairs are spread over many batches).
+    CACHE_LIMIT = 500_000
+
+    def _embed(self, texts: list[str], *, query: bool) -> np.ndarray:
+        cache = self.__dict__.setdefault("_query_cache" if query else "_doc_cache", {})
+        todo = [t for t in dict.fromkeys(texts) if t not in cache]
+        if todo:
+            if len(cache) + len(todo) > self.CACHE_LIMIT:
+                cache.clear()
+            encode = self.model.encode_query if query else self.model.encode_document
+            for text, emb in zip(todo, encode(todo, batch_size=min(len(todo), 64), normalize_embeddings=True, convert_to_numpy=True), strict=True):
+                cache[text] = emb
+        return np.stack([cache[t] for t in texts])
+
     def score_batch(self, pairs):
-        queries = list(dict.fromkeys(q for q, _ in pairs))
-        docs = list(dict.fromkeys(d for _, d in pairs))
-        qe = self.model.encode_query(queries, batch_size=len(queries), normalize_embeddings=True, convert_to_numpy=True)
-        de = self.model.encode_document(docs, batch_size=len(docs), normalize_embeddings=True, convert_to_numpy=True)
-        qi = {q: i for i, q in enumerate(queries)}
-        di = {d: i for i, d in enumerate(docs)}
-        return np.einsum("ij,ij->i", qe[[qi[q] for q, _ in pairs]], de[[di[d] for _, d in pairs]]).astype(np.float32)
+        qe = self._embed([q for q, _ in pairs], query=True)
+        de = self._embed([d for _, d in pairs], query=False)
+        return np.einsum("ij,ij->i", qe, de).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
