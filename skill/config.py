@@ -122,6 +122,7 @@ class EvaluateConfig(_Section):
     models: list[str] = []  # extra rerankers shown side by side (e.g. a released one)
     student: str | None = None  # default: RUN/student
     base: str | None = None  # default: the `base` recorded by render in manifest.json
+    skip_base: bool = False  # do not score the base (one pass less; train.py already measured its baseline)
     teacher: bool = False  # also load the teacher model(s) from scores.meta.json to measure their cost
     fail_on: Literal["regression", "marginal"] | None = None  # not part of the stage's hash: a gate on the report
     margin: float = Field(0.01, ge=0, lt=1)  # WIN needs ΔNDCG@10 ≥ +margin; REGRESSION is Δ ≤ −margin

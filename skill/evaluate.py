@@ -382,7 +382,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     check_reranker(student, "student")
     models = [check_reranker(m, "model") for m in cfg.models]
     base_recorded, render_cfg = _render_base(run)
-    base = cfg.base or base_recorded
+    base = None if cfg.skip_base else cfg.base or base_recorded
     hashed = cfg.model_dump(mode="json", exclude={"fail_on"})
     hashed["student"], hashed["base"] = student, base
     stage = Stage(run, "evaluate", config=hashed, inputs=_stage_inputs(run, ho, student, base, models))
@@ -396,6 +396,8 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
         s = _base_system(base, render_cfg, ho, cfg, notes)
         if s:
             systems.append(s)
+    elif cfg.skip_base:
+        notes.append("base not scored (--skip-base): the untrained student's baseline is in train_result.json")
     else:
         notes.append("no base recorded by `render` and no --base: student − base skipped")
     model = _load(student, "student", cfg)
