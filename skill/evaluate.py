@@ -532,7 +532,7 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         notes.append(f"the CPU was busy while timing (load {load:.1f} on {os.cpu_count()} cores): pairs/s and latencies are pessimistic and noisy — rerun with --force on an idle machine for cost numbers")
     speedup = None
     if "teacher" in cost and cost["teacher"].get("pairs_per_s") and cost["student"].get("pairs_per_s"):
-        speedup = round(cost["student"]["pairs_per_s"] / cost["teacher"]["pairs_per_s"], 2)
+        speedup = float(f"{cost['student']['pairs_per_s'] / cost['teacher']['pairs_per_s']:.4g}")  # 4 significant digits, also below 1
     elif teacher and not cfg.teacher:
         notes.append("teacher cost not measured (pass --teacher to load the teacher model and time it on the same pairs)")
 
