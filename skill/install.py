@@ -27,6 +27,7 @@ from typing import Any, Literal
 from skill import __version__
 from skill.envelope import Result
 from skill.errors import invalid, missing
+from skill.io import write_json
 from skill.resources import skill_root
 
 SKILL_NAME = "reranker-skill"
@@ -160,14 +161,14 @@ def install(agent: Agent, *, global_: bool = False, symlink: bool = False, dest:
         except BaseException:
             tmp_link.unlink(missing_ok=True)
             raise
-        _write_json(_sidecar(target), record)
+        write_json(_sidecar(target), record)
         files = [SKILL_NAME]
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{SKILL_NAME}.", suffix=".tmp", dir=skills_dir))
         try:
             files = _copy_tree(src_root, parts, tmp)
             record["files"] = files
-            _write_json(tmp / MARKER, record)
+            write_json(tmp / MARKER, record)
             _swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -198,12 +199,6 @@ def _swap_in(new: Path, target: Path) -> None:
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from skill.io import write_json
-
-    write_json(path, obj)
 
 
 def uninstall(agent: Agent, *, global_: bool = False, dest: Path | None = None) -> Result:
