@@ -43,7 +43,10 @@ def test_export_int8_from_run_reloads_with_onnx_backend(tiny_reranker, parity_ru
     import torch
     from sentence_transformers import CrossEncoder
 
-    code, payload = run_json("export", "--model", tiny_reranker, "--run", parity_run, "--quantize", "int8")
+    # A random tiny model's int8 ranking on 6 queries moves NDCG@10 by a few hundredths, and by how much depends on
+    # the CPU's int8 kernels; the default gate (0.02) is tested on known rankings in test_compare_and_int8_gate_on_known_rankings.
+    loose = ["--int8-max-ndcg-drop", "0.25"]
+    code, payload = run_json("export", "--model", tiny_reranker, "--run", parity_run, "--quantize", "int8", *loose)
     assert code == 0, payload["errors"]
     m = payload["metrics"]
     out = Path(payload["artifacts"]["export"])
@@ -70,7 +73,7 @@ def test_export_int8_from_run_reloads_with_onnx_backend(tiny_reranker, parity_ru
 
     manifest = json.loads((parity_run / "manifest.json").read_text())
     assert manifest["stages"]["export"]["outputs"]["export"] == "export/onnx-int8"
-    code, again = run_json("export", "--model", tiny_reranker, "--run", parity_run, "--quantize", "int8")
+    code, again = run_json("export", "--model", tiny_reranker, "--run", parity_run, "--quantize", "int8", *loose)
     assert code == 0 and again["metrics"]["skipped"] is True
 
 

@@ -130,6 +130,22 @@ def test_kill_during_training_then_resume_finishes(run, tiny_base):
     assert result["baseline"]["ndcg@10"] == pytest.approx(m["baseline_ndcg@10"])  # the baseline was kept, not re-measured
 
 
+def test_resume_after_the_last_checkpoint_finishes_without_an_extra_step(run, tiny_base):
+    """A kill between the final checkpoint and train_result.json: --resume must not train a step past the plan."""
+    render(run, TrainConfig(base=str(tiny_base), max_steps=6, eval_every=3, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0))
+    code, first = run_json("train", "--run", run)
+    assert code == 0 and first["metrics"]["global_step"] == 6 and (run / "checkpoints" / "checkpoint-6" / "trainer_state.json").exists()
+    original = json.loads((run / "train_result.json").read_text())
+    (run / "train_result.json").unlink()
+
+    code, payload = run_json("train", "--run", run, "--resume")
+    assert code == 0, payload
+    result = json.loads((run / "train_result.json").read_text())
+    assert result["global_step"] == 6 and result["resumed_from"].endswith("checkpoint-6")
+    assert result["best_checkpoint"] == original["best_checkpoint"]
+    assert result["best"]["ndcg@10"] == pytest.approx(original["best"]["ndcg@10"])  # the best checkpoint, loaded back
+
+
 def test_train_without_scores_is_a_clear_missing_prerequisite(tmp_path, tiny_base):
     code, payload = run_json("train", "--run", tmp_path / "empty", "--base", tiny_base)
     assert code == 4 and "scores.parquet" in payload["errors"][0]["message"] and "score" in payload["errors"][0]["fix"]
