@@ -1,8 +1,9 @@
 """Small-budget distillation on the standard-library docstring domain (issue 8).
 
-Held-out NDCG@10 of the first stage, the teacher and the student after 5, 10 and 20 CPU minutes of
-training, in one table, with the paired test from `evaluate`. Mining and teacher scoring run once;
-each budget trains from the same base with the quickstart recipe's small-budget settings.
+Held-out NDCG@10 of the first stage, the teacher, the student and the student fused with the first
+stage (α chosen by train.py on the dev queries) after 5, 10 and 20 CPU minutes of training, in one
+table, with the paired test from `evaluate`. Mining and teacher scoring run once; each budget trains
+from the same base with the quickstart recipe's small-budget settings.
 
     python benchmarks/small_budget.py                 # 5, 10, 20 minutes (about 45 minutes in all on 2 cores)
     python benchmarks/small_budget.py --minutes 5 10  # a shorter sweep
@@ -56,7 +57,7 @@ def main() -> None:
         if run.exists():
             shutil.rmtree(run)
         run.mkdir(parents=True)
-        for name in ("manifest.json", "split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
+        for name in ("manifest.json", "split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "dev_candidates.parquet", "qrels_dev.json", "scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
             shutil.copy(shared / name, run / name)
         train_cfg = cfg.train.model_copy(update={"max_minutes": minutes, "early_stopping_patience": 0})
         render(run, train_cfg, force=True)
@@ -80,6 +81,11 @@ def main() -> None:
                 "delta": report["verdict"]["delta"],
                 "p": report["verdict"]["p_value"],
                 "verdict": report["verdict"]["label"] if report_result.exit_code in (0, 7) else "COLLAPSED",
+                "alpha": trained.metrics.get("fusion_alpha"),
+                "fused": ndcg.get("student + first stage (fused)"),
+                "fused_delta": report["summary"].get("fused_delta_ndcg@10"),
+                "fused_p": report["summary"].get("fused_p_value"),
+                "fused_verdict": report["summary"].get("fused_verdict"),
             }
         )
         log(json.dumps(rows[-1]))
@@ -87,11 +93,15 @@ def main() -> None:
     queries = report["data"]["queries_evaluated"]
     print(f"\nSmall-budget distillation, standard-library docstrings, {queries} held-out queries, NDCG@10 (first stage top-{cfg.mine.eval_top_k})")
     print(f"config: {json.dumps(cfg.train.model_dump(exclude_none=True, exclude_defaults=True))}")
-    header = ["budget min", "wall min", "steps", "train pairs/s", "first stage", "teacher", "student", "Δ student−first", "p", "verdict"]
+    header = ["budget min", "wall min", "steps", "train pairs/s", "first stage", "teacher", "student", "Δ student−first", "p", "verdict", "α (dev)", "fused", "Δ fused−first", "p", "fused verdict"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         cells = [f"{r['budget_min']:g}", f"{r['wall_min']:.1f}", str(r["steps"]), f"{r['pairs_per_s']:.1f}", f"{r['first_stage']:.4f}", f"{r['teacher']:.4f}", f"{r['student']:.4f}", f"{r['delta']:+.4f}", f"{r['p']:.3f}", r["verdict"]]
+        if r["fused"] is not None:
+            cells += [f"{r['alpha']:g}", f"{r['fused']:.4f}", f"{r['fused_delta']:+.4f}", f"{r['fused_p']:.3f}", r["fused_verdict"]]
+        else:
+            cells += ["–"] * 5
         print("| " + " | ".join(cells) + " |")
     (args.root / "small_budget.json").write_text(json.dumps(rows, indent=2) + "\n")
 

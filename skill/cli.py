@@ -150,6 +150,9 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--eval-top-k", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per held-out query.")
 @click.option("--heldout", type=float, default=0.2, show_default=True, help="Fraction of labelled queries held out.")
 @click.option("--heldout-queries", type=click.Path(path_type=Path), help="File of held-out query ids, one per line (overrides --heldout).")
+@click.option(
+    "--dev-queries", type=click.IntRange(min=0), default=50, show_default=True, help="Training queries kept out of training to choose the checkpoint and fusion weight (at most a fifth; 0: none)."
+)
 @click.option("--seed", type=int, default=12, show_default=True)
 @click.option("--negative-rank-min", type=click.IntRange(min=1), default=1, show_default=True, help="Skip negatives ranked above this (rank window start).")
 @click.option("--num-negatives", type=click.IntRange(min=1), help="Keep at most this many negatives per training query (best ranked first).")
@@ -162,7 +165,7 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--force", is_flag=True, help="Redo even if the stage is up to date.")
 @map_option
 def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], force: bool, no_guard: bool, **options) -> Result:
-    """Split queries and mine candidates: train pairs (hard negatives behind a false-negative guard) and held-out top-K."""
+    """Split queries and mine candidates: train pairs (hard negatives behind a false-negative guard), dev and held-out top-K."""
     from skill.config import DataConfig, MineConfig
     from skill.data import ColumnMapping
     from skill.mine import mine

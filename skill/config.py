@@ -33,6 +33,7 @@ class MineConfig(_Section):
     eval_top_k: int = Field(100, ge=1)
     heldout: float = Field(0.2, gt=0, lt=1)
     heldout_queries: Path | None = None
+    dev_queries: int = Field(50, ge=0)  # training queries kept out of training: checkpoint choice and fusion weight
     seed: int = 12
     batch_size: int = Field(64, ge=1)
     # hard negatives: rank window + false-negative guard (mine_hard_negatives semantics)

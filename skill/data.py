@@ -465,19 +465,27 @@ def normalise_query(text: str) -> str:
 
 
 class Split(BaseModel):
-    """Train / held-out query ids, seeded and recorded in the run folder."""
+    """Train / dev / held-out query ids, seeded and recorded in the run folder.
+
+    `dev` queries come out of the training side: never trained on, they choose the checkpoint and the
+    fusion weight, so the held-out queries stay untouched until `evaluate`.
+    """
 
     seed: int
     heldout_fraction: float | None
     train: list[str]
     heldout: list[str]
+    dev: list[str] = []
 
 
-def split_queries(queries: Queries, qrels: Qrels | None, *, heldout_fraction: float = 0.2, seed: int = 12, heldout_ids: list[str] | None = None) -> Split:
+def split_queries(
+    queries: Queries, qrels: Qrels | None, *, heldout_fraction: float = 0.2, seed: int = 12, heldout_ids: list[str] | None = None, dev_queries: int = 0
+) -> Split:
     """Split by query: identical query texts (normalised) always fall on the same side.
 
     Only queries with at least one positive can be held out (they are the ones evaluation can
-    score); queries without qrels all go to training.
+    score); queries without qrels all go to training. Up to `dev_queries` training queries with
+    positives (at most a fifth of them) become the dev split.
     """
     if heldout_ids is not None:
         unknown = [q for q in heldout_ids if q not in queries.texts]
@@ -502,27 +510,37 @@ def split_queries(queries: Queries, qrels: Qrels | None, *, heldout_fraction: fl
         if eligible and n_held == 0:
             n_held = 1
         held = {qid for key in eligible[:n_held] for qid in groups[key]}
+    dev: set[str] = set()
+    if dev_queries > 0 and qrels is not None:
+        by_text: dict[str, list[str]] = defaultdict(list)
+        for qid, text in queries.texts.items():
+            if qid not in held:
+                by_text[normalise_query(text)].append(qid)
+        candidates = sorted(k for k, members in by_text.items() if any(qrels.positives(m) for m in members))
+        random.Random(seed + 1).shuffle(candidates)
+        dev = {qid for key in candidates[: min(dev_queries, len(candidates) // 5)] for qid in by_text[key]}
     split = Split(
         seed=seed,
         heldout_fraction=None if heldout_ids is not None else heldout_fraction,
-        train=[q for q in queries.texts if q not in held],
+        train=[q for q in queries.texts if q not in held and q not in dev],
         heldout=[q for q in queries.texts if q in held],
+        dev=[q for q in queries.texts if q in dev],
     )
     check_no_leak(split, queries, qrels)
     return split
 
 
 def check_no_leak(split: Split, queries: Queries, qrels: Qrels | None) -> None:
-    """No held-out query text, nor a (held-out query text, positive doc) pair, may appear in training."""
-    train_texts = {normalise_query(queries.texts[q]) for q in split.train}
-    overlap = set(split.train) & set(split.heldout)
+    """No held-out query text, nor a (held-out query text, positive doc) pair, may appear in training or dev."""
+    train_texts = {normalise_query(queries.texts[q]) for q in split.train + split.dev}
+    overlap = set(split.train + split.dev) & set(split.heldout)
     if overlap:
         raise SkillError(f"query {sorted(overlap)[0]!r} is in both train and held-out", code=ExitCode.RUNTIME_FAILURE)
     for qid in split.heldout:
         if normalise_query(queries.texts[qid]) in train_texts:
             raise invalid(f"held-out query {qid!r} has the same text as a training query", fix="deduplicate queries or let the split choose (--heldout FRACTION)")
     if qrels is not None:
-        train_pairs = {(normalise_query(queries.texts[q]), d) for q in split.train for d in qrels.positives(q)}
+        train_pairs = {(normalise_query(queries.texts[q]), d) for q in split.train + split.dev for d in qrels.positives(q)}
         for qid in split.heldout:
             for d in qrels.positives(qid):
                 if (normalise_query(queries.texts[qid]), d) in train_pairs:

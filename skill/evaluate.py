@@ -26,6 +26,8 @@ from skill.io import read_json, read_parquet, write_json
 from skill.manifest import Run, Stage
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+FUSION_FILE = "fusion.json"  # written by train.py next to the student's weights
+FUSED = "student + first stage (fused)"
 REQUIRED_COLUMNS = ("query_id", "doc_id", "query", "document", "rank")
 NANOBEIR_SKIPPED_OFFLINE = "NanoBEIR general-domain check skipped: the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1)"
 
@@ -44,6 +46,7 @@ class HeldOut:
     ranks: np.ndarray
     teacher: np.ndarray | None
     qrels: dict[str, dict[str, float]]
+    first_stage: np.ndarray | None = None  # the first stage's own scores, for the fused system
     groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -93,6 +96,7 @@ def load_heldout(run: Run) -> HeldOut:
         ranks=np.asarray(table.column("rank").to_numpy(zero_copy_only=False), dtype=np.int64),
         teacher=teacher,
         qrels=qrels,
+        first_stage=np.asarray(table.column("first_stage_score").to_numpy(zero_copy_only=False), dtype=np.float64) if "first_stage_score" in table.column_names else None,
     )
     ho.groups = M.per_query_groups(ho.query_ids)
     if not any(M.has_positive(g) for g in qrels.values()):
@@ -225,7 +229,7 @@ def cost_summary(latencies_s: list[float], pairs: int, *, size_mb: float | None,
 @dataclass
 class System:
     name: str
-    kind: str  # first_stage | base | student | teacher | model
+    kind: str  # first_stage | base | student | fused | teacher | model
     source: str
     scores: np.ndarray  # one per held-out pair; for the first stage, -rank
     cost: dict | None = None
@@ -358,6 +362,27 @@ def _nanobeir(systems: list[System], cfg: EvaluateConfig, notes: list[str]) -> d
     return out
 
 
+def _fused_system(student: str, scores: np.ndarray, ho: HeldOut, notes: list[str]) -> System | None:
+    """The student fused with the first stage at the weight train.py chose on dev queries (student/fusion.json)."""
+    path = Path(student).expanduser() / FUSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        fusion = read_json(path)
+        alpha = float(fusion["alpha"])
+    except (ValueError, KeyError, TypeError):
+        notes.append(f"{path} is not a fusion file with an alpha: the fused system is skipped")
+        return None
+    if not 0 <= alpha <= 1 or ho.first_stage is None or not np.isfinite(ho.first_stage).all():
+        notes.append(f"fused system skipped: {'alpha outside [0, 1]' if not 0 <= alpha <= 1 else 'the held-out candidates have no finite first_stage_score'}")
+        return None
+    chosen_on, split = fusion.get("chosen_on"), fusion.get("split", "dev")
+    source = f"{alpha:g}·z(student) + {1 - alpha:g}·z(first stage), alpha from {FUSION_FILE}" + (f" (chosen on {chosen_on} {split} queries)" if chosen_on else "")
+    if split != "dev":
+        notes.append(f"the fusion weight was chosen on {split} queries, not dev ones: the fused system's held-out numbers are optimistic")
+    return System(FUSED, "fused", source, M.fuse(scores, ho.first_stage, ho.groups, alpha))
+
+
 def _stage_inputs(run: Run, ho: HeldOut, student: str, base: str | None, models: list[str]) -> dict[str, str | Path | None]:
     inputs: dict[str, str | Path | None] = {"heldout": ho.path, "qrels": run.file("qrels_heldout.json"), "student": student if Path(student).exists() else None}
     if base:
@@ -404,6 +429,9 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="scoring student")
     del model
     systems.append(System("student", "student", student, scored.scores, cost_summary(scored.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(student), parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)))
+    fused = _fused_system(student, scored.scores, ho, notes)
+    if fused:
+        systems.append(fused)
     if ho.teacher is not None:
         teacher_cost = _teacher_cost(run, ho, cfg, notes) if cfg.teacher else None
         systems.append(System("teacher", "teacher", f"{ho.path.name}:teacher_score", ho.teacher, teacher_cost))
@@ -481,6 +509,9 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
     for s in systems:
         if s.kind == "model":
             comparisons.append(compare("student", s.name))
+    fused = next((s for s in systems if s.kind == "fused"), None)
+    if fused:
+        comparisons.append(compare(fused.name, "first stage"))
 
     spreads = {s.name: M.spread(s.scores, ho.query_ids) for s in systems if s.kind != "first_stage"}
     fid = {s.name: M.fidelity(s.scores, teacher.scores, ho.query_ids) for s in systems if teacher and s.kind in ("student", "base", "model")}
@@ -504,6 +535,22 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         f"VERDICT: {label} — student NDCG@10 {st:.4f} vs first stage {fs:.4f} (Δ {head['delta']:+.4f}, 95% CI [{head['ci_low']:+.4f}, {head['ci_high']:+.4f}], "
         f"p = {head['p_value']:.4g}, {head['queries']} queries). {thresholds}."
     )
+
+    fused_verdict = None
+    if fused:
+        fc = next(c for c in comparisons if c["a"] == fused.name)["metrics"]["ndcg@10"]
+        fused_label = M.verdict(fc["delta"], fc["p_value"], margin=cfg.margin, alpha=cfg.alpha)
+        fused_mean = summary_systems[fused.name]["metrics"]["ndcg@10"]["mean"]
+        fused_verdict = {
+            "label": fused_label,
+            "line": (
+                f"FUSED: {fused_label} — student fused with the first stage NDCG@10 {fused_mean:.4f} vs first stage {fs:.4f} (Δ {fc['delta']:+.4f}, "
+                f"95% CI [{fc['ci_low']:+.4f}, {fc['ci_high']:+.4f}], p = {fc['p_value']:.4g}). Score = {fused.source}; serving it needs the first stage's scores."
+            ),
+            "delta": fc["delta"],
+            "p_value": fc["p_value"],
+            "source": fused.source,
+        }
 
     gate: dict[str, Any] = {"status": "n/a", "detail": "no teacher scores"}
     if teacher:
@@ -545,6 +592,9 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         "teacher_gate": gate["status"],
         "student_pairs_per_s": cost["student"]["pairs_per_s"],
         "speedup_vs_teacher": speedup,
+        "fused_verdict": fused_verdict["label"] if fused_verdict else None,
+        "fused_delta_ndcg@10": fused_verdict["delta"] if fused_verdict else None,
+        "fused_p_value": fused_verdict["p_value"] if fused_verdict else None,
     }
     return {
         "report_version": 1,
@@ -560,6 +610,7 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
             "p_value": head["p_value"],
             "thresholds": {"margin": cfg.margin, "alpha": cfg.alpha, "text": thresholds},
         },
+        "fused_verdict": fused_verdict,
         "collapse": collapse,
         "teacher_gate": gate,
         "data": {

@@ -202,6 +202,16 @@ def verdict(delta: float, p_value: float, *, margin: float = 0.01, alpha: float 
     return "MARGINAL"
 
 
+def fuse(student: Sequence[float], first_stage: Sequence[float], groups: Mapping[str, np.ndarray], alpha: float) -> np.ndarray:
+    """alpha·z(student) + (1 − alpha)·z(first stage), each z-scored within its query's candidates (what train.py chose alpha for)."""
+    s, f = np.asarray(student, dtype=np.float64), np.asarray(first_stage, dtype=np.float64)
+    out = np.zeros_like(s)
+    for ix in groups.values():
+        zs = [(x - x.mean()) / x.std() if x.std() > 0 else np.zeros_like(x) for x in (s[ix], f[ix])]
+        out[ix] = alpha * zs[0] + (1 - alpha) * zs[1]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Score agreement (teacher ↔ student) and spread
 

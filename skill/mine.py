@@ -34,6 +34,8 @@ OUTPUTS = {
     "train_pairs": "train_pairs.parquet",
     "heldout_candidates": "heldout_candidates.parquet",
     "qrels_heldout": "qrels_heldout.json",
+    "dev_candidates": "dev_candidates.parquet",
+    "qrels_dev": "qrels_dev.json",
     "mine": "mine.json",
 }
 
@@ -247,12 +249,12 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
 
     ds: Dataset = load_dataset(data.corpus, data.queries, data.qrels, mapping=data.mapping, max_chars=data.max_doc_chars)
     heldout_ids = _read_heldout_ids(Path(config.heldout_queries)) if config.heldout_queries is not None else None
-    split: Split = split_queries(ds.queries, ds.qrels, heldout_fraction=config.heldout, seed=config.seed, heldout_ids=heldout_ids)
+    split: Split = split_queries(ds.queries, ds.qrels, heldout_fraction=config.heldout, seed=config.seed, heldout_ids=heldout_ids, dev_queries=config.dev_queries)
 
     doc_ids = list(ds.corpus.texts)
     doc_texts = [ds.corpus.texts[d] for d in doc_ids]
     doc_index = {d: i for i, d in enumerate(doc_ids)}
-    query_ids = split.train + split.heldout
+    query_ids = split.train + split.heldout + split.dev
     query_texts = [ds.queries.texts[q] for q in query_ids]
     labels = ds.qrels.labels if ds.qrels else {}
     positives = [{doc_index[d] for d, g in labels.get(q, {}).items() if g > 0} for q in query_ids]
@@ -278,6 +280,7 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     columns = ("query_id", "doc_id", "query", "document", "rank", "first_stage_score", "relevance")
     train_rows: dict[str, list] = {c: [] for c in columns}
     held_rows: dict[str, list] = {c: [] for c in columns}
+    dev_rows: dict[str, list] = {c: [] for c in columns}
 
     def add(rows: dict, qid: str, d: int, rank: int, score: float) -> None:
         rows["query_id"].append(qid)
@@ -329,13 +332,13 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         counts.queries_without_negatives += int(kept == 0)
 
     hits, judged_queries = 0, 0
-    for offset, qid in enumerate(split.heldout):
+    k_eval = min(config.eval_top_k, got.top_idx.shape[1])
+    for offset, qid in enumerate(split.heldout + split.dev):
         qi = n_train + offset
-        k_eval = min(config.eval_top_k, got.top_idx.shape[1])
         top = got.top_idx[qi, :k_eval]
         for r, (d, s) in enumerate(zip(top, got.top_score[qi, :k_eval], strict=True), start=1):
-            add(held_rows, qid, int(d), r, float(s))
-        if positives[qi]:
+            add(held_rows if offset < len(split.heldout) else dev_rows, qid, int(d), r, float(s))
+        if positives[qi] and offset < len(split.heldout):
             judged_queries += 1
             hits += len(positives[qi] & {int(d) for d in top}) / len(positives[qi])
 
@@ -360,8 +363,10 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     summary = {
         "train_queries": n_train,
         "heldout_queries": len(split.heldout),
+        "dev_queries": len(split.dev),
         "train_pairs": len(train_rows["query_id"]),
         "heldout_pairs": len(held_rows["query_id"]),
+        "dev_pairs": len(dev_rows["query_id"]),
         "negatives_considered": counts.considered,
         "negatives_kept": counts.kept,
         "dropped": {
@@ -396,12 +401,15 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         **({"embedding_cache": metrics["embedding_cache"]} if "embedding_cache" in metrics else {}),
     }
     qrels_heldout = {q: dict(labels.get(q, {})) for q in split.heldout}
+    qrels_dev = {q: dict(labels.get(q, {})) for q in split.dev}
 
     with stage.running():
         write_json(run.file(OUTPUTS["split"]), split.model_dump(mode="json"))
         write_parquet(run.file(OUTPUTS["train_pairs"]), table(train_rows))
         write_parquet(run.file(OUTPUTS["heldout_candidates"]), table(held_rows))
         write_json(run.file(OUTPUTS["qrels_heldout"]), qrels_heldout)
+        write_parquet(run.file(OUTPUTS["dev_candidates"]), table(dev_rows))
+        write_json(run.file(OUTPUTS["qrels_dev"]), qrels_dev)
         write_json(run.file(OUTPUTS["mine"]), mine_json)
         stage.outputs.update(OUTPUTS)
         stage.metrics.update({**summary, **metrics})
@@ -409,7 +417,7 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     dropped = summary["dropped"]
     lines = [
         f"mine: {config.retriever} first stage → {run.path}",
-        f"  queries: {n_train:,} train, {len(split.heldout):,} held-out",
+        f"  queries: {n_train:,} train, {len(split.dev):,} dev (kept out of training: checkpoint choice, fusion weight), {len(split.heldout):,} held-out",
         f"  train pairs: {summary['train_pairs']:,} ({counts.positives_retrieved + counts.positives_added:,} positives, {counts.positives_added:,} of them missed by the first stage and added)",
         f"  negatives: kept {counts.kept:,} of {counts.considered:,}; dropped {dropped['false_negative_guard']:,} by the false-negative guard, "
         f"{dropped['max_score']:,} by max score, {dropped['rank_window']:,} outside the rank window, {dropped['num_negatives_cap']:,} over the per-query cap",

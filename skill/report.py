@@ -30,6 +30,8 @@ def _p(p) -> str:
 def headline(report: dict) -> list[str]:
     """The lines that come before any table: the verdict, then anything that makes it moot."""
     lines = [f"**{report['verdict']['line']}**", ""]
+    if report.get("fused_verdict"):
+        lines += [report["fused_verdict"]["line"], ""]
     collapse = report["collapse"]
     if collapse["collapsed"]:
         lines += [f"**COLLAPSE — the student's scores barely vary within a query: {collapse['detail']}.** Rule: {collapse['rule']}. Its ranking is meaningless; retrain before using it.", ""]

@@ -119,6 +119,7 @@ def write_toy_scored_run(
     train_top_k: int = 10,
     eval_top_k: int = 20,
     heldout: float = 0.25,
+    dev_queries: int = 8,
     seed: int = 12,
 ) -> Path:
     """A run folder as `mine` + `score` leave it, built with a lexical first stage and a lexical teacher.
@@ -126,7 +127,8 @@ def write_toy_scored_run(
     For tests and benchmarks of `render`/`train` that must not depend on real teachers: first
     stage = word-overlap score; teacher label = a raw, unbounded score (overlap plus a bonus for
     the gold positive) in the `raw_logit` space. Writes train_pairs/scores/heldout_candidates
-    parquet files, qrels_heldout.json, split.json and scores.meta.json.
+    parquet files, qrels_heldout.json, split.json and scores.meta.json; with `dev_queries`, also
+    dev_candidates.parquet and qrels_dev.json, as `mine` does.
     """
     import re
 
@@ -137,7 +139,7 @@ def write_toy_scored_run(
 
     run_dir = Path(run_dir)
     data = load_dataset(domain["corpus"], domain["queries"], domain.get("qrels"))
-    split = split_queries(data.queries, data.qrels, heldout_fraction=heldout, seed=seed)
+    split = split_queries(data.queries, data.qrels, heldout_fraction=heldout, seed=seed, dev_queries=dev_queries)
 
     def words(text: str) -> set[str]:
         return set(re.findall(r"[a-z0-9]+", text.lower()))
@@ -182,6 +184,9 @@ def write_toy_scored_run(
     write_parquet(run_dir / "scores.parquet", table(train))
     write_parquet(run_dir / "heldout_candidates.parquet", table(rows(split.heldout, eval_top_k, add_positives=False, teacher=False)))
     write_json(run_dir / "qrels_heldout.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.heldout})
+    if split.dev:
+        write_parquet(run_dir / "dev_candidates.parquet", table(rows(split.dev, eval_top_k, add_positives=False, teacher=False)))
+        write_json(run_dir / "qrels_dev.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.dev})
     write_json(run_dir / "split.json", split.model_dump())
     labels = train["label"]
     write_json(

@@ -25,6 +25,7 @@ REQUIRED_INPUTS = {
     "heldout_candidates": ("heldout_candidates.parquet", "reranker-skill mine"),
     "qrels_heldout": ("qrels_heldout.json", "reranker-skill mine"),
 }
+DEV_INPUTS = {"dev_candidates": "dev_candidates.parquet", "qrels_dev": "qrels_dev.json"}  # absent in run folders from before dev splits
 
 
 def _die_with_parent() -> None:
@@ -98,7 +99,11 @@ def train(
         run_,
         "train_smoke" if smoke else "train",
         config={"smoke": smoke},
-        inputs={"script": script, **{k: run_.file(name) for k, (name, _) in REQUIRED_INPUTS.items()}},
+        inputs={
+            "script": script,
+            **{k: run_.file(name) for k, (name, _) in REQUIRED_INPUTS.items()},
+            **{k: run_.file(name) for k, name in DEV_INPUTS.items() if run_.file(name).exists()},
+        },
     )
     if stage.fresh() and not force and not resume:
         prev = stage.previous or {}
@@ -144,6 +149,9 @@ def train(
             "seconds": result.get("seconds"),
             "smoke": smoke,
             "resumed": result.get("resumed_from") is not None,
+            "selection_split": result.get("selection_split"),
+            "fusion_alpha": (result.get("fusion") or {}).get("alpha"),
+            "fused_ndcg@10": (result.get("fusion") or {}).get("ndcg@10"),
         }
         stage.metrics.update(metrics)
     if result.get("push") and not result["push"].get("ok"):

@@ -225,6 +225,50 @@ def test_report_numbers_match_an_independent_computation(domain_run, tmp_path):
     assert again.metrics["skipped"] is True and again.metrics["verdict"] == report["verdict"]["label"]
 
 
+def test_fused_system_is_the_z_score_blend_at_the_trained_alpha(domain_run, tmp_path):
+    """student/fusion.json adds "student + first stage (fused)", computed from the definition and compared with the first stage."""
+    from skill.evaluate import FUSED, evaluate
+    from skill.modeling import load_reranker
+
+    table, qrels = domain_run["candidates"], domain_run["qrels"]
+    student = load_reranker(str(domain_run["sharp"])).predict(list(zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)), batch_size=64)
+    first = np.asarray(table.column("first_stage_score").to_pylist(), dtype=float)
+    qids = table.column("query_id").to_pylist()
+
+    def z(x):
+        return (x - x.mean()) / x.std() if x.std() > 0 else np.zeros_like(x)
+
+    for alpha in (0.0, 0.3, 1.0):
+        run = make_run(tmp_path / f"a{alpha:g}", domain_run, student=domain_run["sharp"])
+        write_json(run / "student" / "fusion.json", {"alpha": alpha, "chosen_on": 7, "split": "dev"})
+        result = evaluate(run, EvaluateConfig(resamples=500))
+        report = json.loads((run / "report.json").read_text())
+        expected = np.zeros(len(qids))
+        for q in set(qids):
+            ix = [i for i, x in enumerate(qids) if x == q]
+            expected[ix] = alpha * z(np.asarray(student, dtype=float)[ix]) + (1 - alpha) * z(first[ix])
+        means, _ = system_means(table, qrels, expected)
+        got = report["systems"][FUSED]["metrics"]["ndcg@10"]["mean"]
+        assert got == pytest.approx(means["ndcg@10"], abs=1e-6)
+        if alpha == 0.0:  # the first stage alone, re-ranked by its own scores
+            assert got == pytest.approx(report["systems"]["first stage"]["metrics"]["ndcg@10"]["mean"], abs=1e-6)
+        if alpha == 1.0:  # the student alone
+            assert got == pytest.approx(report["systems"]["student"]["metrics"]["ndcg@10"]["mean"], abs=1e-6)
+        fused = report["fused_verdict"]
+        vs = next(c for c in report["comparisons"] if c["a"] == FUSED and c["b"] == "first stage")["metrics"]["ndcg@10"]
+        assert fused["delta"] == pytest.approx(vs["delta"]) and result.metrics["fused_verdict"] == fused["label"]
+        assert "alpha from fusion.json (chosen on 7 dev queries)" in fused["line"] and fused["line"].startswith(f"FUSED: {fused['label']}")
+        assert fused["line"] in (run / "report.md").read_text()
+
+    # Without fusion.json there is no fused system; a broken one is a note, not a crash.
+    run = make_run(tmp_path / "none", domain_run, student=domain_run["sharp"])
+    (run / "student" / "fusion.json").write_text("{not json", encoding="utf-8")
+    result = evaluate(run, EvaluateConfig(resamples=200))
+    report = json.loads((run / "report.json").read_text())
+    assert FUSED not in report["systems"] and report["fused_verdict"] is None
+    assert any("fusion.json" in w for w in result.warnings)
+
+
 def test_regression_triggers_the_gate(domain_run, tmp_path):
     run = make_run(tmp_path, domain_run, student=domain_run["sharp"], teacher=domain_run["teacher"])
     code, payload = run_json("evaluate", "--run", run, "--resamples", "1000")

@@ -157,6 +157,24 @@ def test_split_is_by_query_seeded_and_leak_free():
     assert 9 <= len(a.heldout) <= 12
 
 
+def test_dev_split_comes_from_labelled_training_queries():
+    texts = {f"q{i}": f"query number {i}" for i in range(100)}
+    texts["dup"] = "query number 3"
+    queries = Queries(texts)
+    qrels = Qrels({q: {f"d{q}": 1.0} for q in texts if q not in ("q98", "q99")})  # two unlabelled queries: never dev, never held out
+    split = split_queries(queries, qrels, heldout_fraction=0.2, seed=7, dev_queries=50)
+    assert split == split_queries(queries, qrels, heldout_fraction=0.2, seed=7, dev_queries=50)
+    sides = [set(split.train), set(split.dev), set(split.heldout)]
+    assert set().union(*sides) == set(texts) and sum(map(len, sides)) == len(texts)
+    assert {"q98", "q99"} <= set(split.train)
+    groups_on_training_side = 101 - 1 - 20  # 100 distinct texts, 20 held out (the duplicate follows q3)
+    assert len({queries.texts[q] for q in split.dev}) == (groups_on_training_side - 2) // 5  # capped at a fifth of the labelled ones
+    assert ("q3" in split.dev) == ("dup" in split.dev) and ("q3" in split.heldout) == ("dup" in split.heldout)
+    assert split_queries(queries, qrels, heldout_fraction=0.2, seed=7, dev_queries=3).dev.__len__() in (3, 4)
+    assert split_queries(queries, None, heldout_fraction=0.2, seed=7, dev_queries=50).dev == []  # no labels: nothing to choose on
+    check_no_leak(split, queries, qrels)
+
+
 def test_leak_check_catches_a_held_out_text_in_training():
     from skill.data import Split
 

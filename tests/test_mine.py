@@ -44,15 +44,22 @@ def test_artifacts_follow_the_run_folder_contract(bm25_run, stdlib_domain):
         schema = pq.read_schema(run / name)
         assert {f.name: str(f.type) for f in schema} == PAIR_COLUMNS
     split = json.loads((run / "split.json").read_text())
-    assert not set(split["train"]) & set(split["heldout"])
-    assert len(split["train"]) + len(split["heldout"]) == 120 and split["seed"] == 12
+    assert not set(split["train"]) & set(split["heldout"]) and not set(split["dev"]) & (set(split["train"]) | set(split["heldout"]))
+    assert len(split["train"]) + len(split["dev"]) + len(split["heldout"]) == 120 and split["seed"] == 12
+    assert 0 < len(split["dev"]) <= (len(split["train"]) + len(split["dev"])) // 5  # 50 asked, at most a fifth of the training side
     train = pq.read_table(run / "train_pairs.parquet").to_pylist()
     held = pq.read_table(run / "heldout_candidates.parquet").to_pylist()
-    assert {r["query_id"] for r in train} <= set(split["train"])
+    dev = pq.read_table(run / "dev_candidates.parquet").to_pandas()
+    assert {r["query_id"] for r in train} <= set(split["train"])  # dev queries are never trained on
     assert {r["query_id"] for r in held} == set(split["heldout"])
+    assert set(dev["query_id"]) == set(split["dev"]) and all(list(g["rank"]) == list(range(1, 26)) for _, g in dev.groupby("query_id"))
+    qrels = _qrels(stdlib_domain)
+    assert json.loads((run / "qrels_dev.json").read_text()) == {q: qrels[q] for q in split["dev"]}
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["mine"]["status"] == "ok"
-    assert set(manifest["stages"]["mine"]["outputs"].values()) == {"split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "mine.json"}
+    assert set(manifest["stages"]["mine"]["outputs"].values()) == {
+        "split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "dev_candidates.parquet", "qrels_dev.json", "mine.json"
+    }
 
 
 def test_heldout_is_exactly_the_first_stage_top_k(bm25_run, stdlib_domain):

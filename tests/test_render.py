@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import itertools
+import json
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,9 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
     assert plan["gradient_accumulation"] == 2 and plan["effective_global_batch"] == 64  # the global batch holds on 2 devices
     monkeypatch.delenv("WORLD_SIZE")
 
-    samples = m.heldout_samples(None)
+    split, lists, qrels = m.selection_lists(None)
+    samples = m.reranking_samples(lists, qrels)
+    assert split == "dev" and set(lists) <= set(json.loads((run / "split.json").read_text())["dev"])
     assert samples and all(s["documents"] for s in samples) and any(s["positive"] for s in samples)
     assert all(p in s["documents"] for s in samples for p in s["positive"])  # only retrieved positives: first stage and student measured alike
 
@@ -211,6 +214,22 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
     time.sleep(0.05)
     budget.on_step_end(None, state, control)
     assert budget.hit and control.should_training_stop and control.should_evaluate and control.should_save
+
+    # With a time budget the learning rate anneals by whichever runs out first, the steps or the minutes.
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), warmup_steps=10, report_to="none", use_cpu=True)
+    for minutes, expected_at_505 in ((10.0, 1 - 495 / 990), (0.001, 0.0)):
+        m.MAX_MINUTES = minutes
+        _, budget, _ = m.make_callbacks(64)
+        state = TrainerState(max_steps=1000)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), lambda step: 1.0)
+        budget.on_train_begin(args, state, control, lr_scheduler=scheduler)
+        time.sleep(0.1)
+        schedule = scheduler.lr_lambdas[0]
+        assert schedule(5) == 0.5  # warm-up is by steps
+        assert schedule(505) == pytest.approx(expected_at_505, abs=1e-3)  # 10 min: still the step schedule; 0.06 s: spent, so 0
+        assert "lr_lambdas" not in scheduler.state_dict() or scheduler.state_dict()["lr_lambdas"] == [None]  # nothing time-bound in checkpoints
 
     model = m.build_model("sdpa")
     assert [type(x).__name__ for x in model.children()] == ["Transformer", "Pooling", "Dense", "LayerNorm", "Dense"]

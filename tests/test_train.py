@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, run_json
 
@@ -48,6 +49,17 @@ def test_train_end_to_end_verdict_identity_raw_scores(run, tiny_base):
     decisive = min(result["delta"], result["delta_first_stage"])
     assert result["verdict"] == ("WIN" if decisive >= 0.01 else "REGRESSION" if decisive <= -0.01 else "MARGINAL")
     assert result["model_dir"] == "student" and result["best_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
+    # Checkpoints and the fusion weight are chosen on dev queries: training queries kept out of training.
+    split = json.loads((run / "split.json").read_text())
+    assert result["selection_split"] == "dev" and result["eval_queries"] == len(split["dev"]) == 8 and "on 8 dev queries" in m["verdict_line"]
+    assert not set(split["dev"]) & {r["query_id"] for r in pq.read_table(run / "scores.parquet", columns=["query_id"]).to_pylist()}
+    fusion = result["fusion"]
+    by_alpha = fusion["ndcg@10_by_alpha"]
+    assert len(by_alpha) == 11 and fusion["chosen_on"] == 8 and fusion["split"] == "dev"
+    assert by_alpha["0"] == pytest.approx(result["first_stage"]["ndcg@10"], abs=1e-9)  # alpha 0: the first stage, as the evaluator scored it
+    assert by_alpha["1"] == pytest.approx(result["best"]["ndcg@10"], abs=1e-6)  # alpha 1: the student alone
+    assert fusion["ndcg@10"] == max(by_alpha.values()) and by_alpha[f"{fusion['alpha']:g}"] == fusion["ndcg@10"]
+    assert json.loads((run / "student" / "fusion.json").read_text()) == fusion and m["fusion_alpha"] == fusion["alpha"]
     assert result["batch"]["gradient_accumulation"] == 2 and result["device"] == {"device": "cpu", "bf16": False, "attn_implementation": "sdpa"}
     record = json.loads((run / "manifest.json").read_text())["stages"]["train"]
     assert record["status"] == "ok" and record["metrics"]["verdict"] == m["verdict"] and record["outputs"]["student"] == "student"
@@ -144,6 +156,18 @@ def test_resume_after_the_last_checkpoint_finishes_without_an_extra_step(run, ti
     assert result["global_step"] == 6 and result["resumed_from"].endswith("checkpoint-6")
     assert result["best_checkpoint"] == original["best_checkpoint"]
     assert result["best"]["ndcg@10"] == pytest.approx(original["best"]["ndcg@10"])  # the best checkpoint, loaded back
+
+
+def test_without_a_dev_split_checkpoints_are_chosen_on_heldout_with_a_warning(run, tiny_base):
+    """A run folder from before dev splits (or a hand-made one): training still works and says what that costs."""
+    (run / "dev_candidates.parquet").unlink()
+    (run / "qrels_dev.json").unlink()
+    render(run, TrainConfig(base=str(tiny_base), max_steps=2, eval_every=2, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=6, early_stopping_patience=0))
+    proc = run_cli("train", "--run", run, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((run / "train_result.json").read_text())
+    assert result["selection_split"] == "heldout" and result["fusion"]["split"] == "heldout" and result["eval_queries"] == 6
+    assert "no dev queries in this run folder" in proc.stderr and "on 6 heldout queries" in json.loads(proc.stdout)["metrics"]["verdict_line"]
 
 
 def test_train_without_scores_is_a_clear_missing_prerequisite(tmp_path, tiny_base):
