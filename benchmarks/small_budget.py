@@ -59,7 +59,8 @@ def main() -> None:
         run.mkdir(parents=True)
         for name in ("manifest.json", "split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "dev_candidates.parquet", "qrels_dev.json", "scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
             shutil.copy(shared / name, run / name)
-        train_cfg = cfg.train.model_copy(update={"max_minutes": minutes, "early_stopping_patience": 0})
+        # The minutes end training, not the epoch count: at ~20 pairs/s one epoch of the quickstart data is ~9 minutes.
+        train_cfg = cfg.train.model_copy(update={"max_minutes": minutes, "early_stopping_patience": 0, "epochs": max(cfg.train.epochs or 1.0, 10.0), "max_steps": None})
         render(run, train_cfg, force=True)
         started = time.time()
         trained = train(run, None, force=True)

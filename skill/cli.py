@@ -230,7 +230,7 @@ _TRAIN_OPTIONS = [
     click.option("--max-minutes", type=float, help="Wall-clock budget: stop cleanly, then evaluate and save."),
     click.option("--max-seq-length", type=int, help="Tokens per (query, document) pair (default 256)."),
     click.option("--eval-every", type=float, help="Evaluate and save every N steps (>= 1) or fraction of training (< 1; default 0.05)."),
-    click.option("--eval-queries", type=int, help="Evaluate on at most this many held-out queries during training."),
+    click.option("--eval-queries", type=int, help="Choose checkpoints on at most this many dev queries (held-out ones if the run has no dev split)."),
     click.option("--early-stopping-patience", type=int, help="Evaluations without improvement before stopping (0 = off; default 4)."),
     click.option("--seed", type=int, help="Random seed (default 12)."),
     click.option("--push-to-hub", metavar="USER/REPO", help="Push the best model to this hub repo (private); a failed push never fails the run."),

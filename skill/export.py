@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any, Literal
 
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing, prerequisite
-from skill.io import read_json, write_json
+from skill.io import read_json, swap_in, write_json
 
 MARKER = "parity.json"
 ONNX_FILE = "onnx/model.onnx"
@@ -390,17 +389,6 @@ def _is_ours(folder: Path) -> bool:
         return False
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap `tmp` into place as `out` (replacing an earlier export of ours)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(
     *,
     model: Path | None,
@@ -527,7 +515,7 @@ def export_model(
         report["size_bytes"] = _size(tmp)
         report["published"] = True
         write_json(tmp / MARKER, report)
-        _publish(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

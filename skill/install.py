@@ -27,7 +27,7 @@ from typing import Any, Literal
 from skill import __version__
 from skill.envelope import Result
 from skill.errors import invalid, missing
-from skill.io import write_json
+from skill.io import swap_in, write_json
 from skill.resources import skill_root
 
 SKILL_NAME = "reranker-skill"
@@ -157,7 +157,7 @@ def install(agent: Agent, *, global_: bool = False, symlink: bool = False, dest:
         tmp_link.unlink(missing_ok=True)
         os.symlink(link, tmp_link, target_is_directory=True)
         try:
-            _swap_in(tmp_link, target)
+            swap_in(tmp_link, target)
         except BaseException:
             tmp_link.unlink(missing_ok=True)
             raise
@@ -169,7 +169,7 @@ def install(agent: Agent, *, global_: bool = False, symlink: bool = False, dest:
             files = _copy_tree(src_root, parts, tmp)
             record["files"] = files
             write_json(tmp / MARKER, record)
-            _swap_in(tmp, target)
+            swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -180,25 +180,6 @@ def install(agent: Agent, *, global_: bool = False, symlink: bool = False, dest:
         metrics={"agent": agent, "scope": record["scope"], "mode": record["mode"], "root": str(root), "files": len(files), "replaced": previous is not None},
         text=text,
     )
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Rename `new` onto `target`; an existing target (ours, checked by the caller) is moved aside first."""
-    old = None
-    if target.is_symlink() or target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        if old.is_symlink() or old.is_file():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def uninstall(agent: Agent, *, global_: bool = False, dest: Path | None = None) -> Result:

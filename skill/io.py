@@ -7,12 +7,35 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from skill.errors import ExitCode, SkillError
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Rename a finished folder, file or link `new` onto `target`; a target already there is moved aside, then removed.
+
+    The caller checks that the target is ours to replace. If the rename fails, the old target is put back.
+    """
+    old = None
+    if target.is_symlink() or target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        if old.is_symlink() or old.is_file():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -219,7 +219,7 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"), warmup_steps=10, report_to="none", use_cpu=True)
-    for minutes, expected_at_505 in ((10.0, 1 - 495 / 990), (0.001, 0.0)):
+    for minutes, expected_at_5, expected_at_505 in ((10.0, 0.5, 1 - 495 / 990), (0.001, 0.0, 0.0)):
         m.MAX_MINUTES = minutes
         _, budget, _ = m.make_callbacks(64)
         state = TrainerState(max_steps=1000)
@@ -227,8 +227,8 @@ def test_rendered_building_blocks(toy_scored_run, tmp_path, tiny_base, tiny_rera
         budget.on_train_begin(args, state, control, lr_scheduler=scheduler)
         time.sleep(0.1)
         schedule = scheduler.lr_lambdas[0]
-        assert schedule(5) == 0.5  # warm-up is by steps
-        assert schedule(505) == pytest.approx(expected_at_505, abs=1e-3)  # 10 min: still the step schedule; 0.06 s: spent, so 0
+        # 10 min: the step schedule (warm-up to step 10, then linear to 0 at step 1000); 0.06 s: the budget is spent, so 0
+        assert schedule(5) == pytest.approx(expected_at_5, abs=1e-3) and schedule(505) == pytest.approx(expected_at_505, abs=1e-3)
         assert "lr_lambdas" not in scheduler.state_dict() or scheduler.state_dict()["lr_lambdas"] == [None]  # nothing time-bound in checkpoints
 
     model = m.build_model("sdpa")
