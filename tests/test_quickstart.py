@@ -27,6 +27,7 @@ def test_quickstart_runs_the_pipeline_and_skips_when_up_to_date(tmp_path, tiny_b
     assert payload["metrics"]["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
     report = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert report["verdict"]["label"] == payload["metrics"]["verdict"]
+    assert report["fused_verdict"]["label"] in ("WIN", "MARGINAL", "REGRESSION")  # train.py's fusion weight reached evaluate
     assert (tmp_path / "qs" / "data" / "corpus.jsonl").exists()
 
     code, again = run_json(*args)  # nothing changed: every stage is skipped
