@@ -32,10 +32,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from skill.domain import build_stdlib_domain
-    from skill.evaluate import evaluate
+    from skill.evaluate import FUSED, evaluate
+    from skill.mine import OUTPUTS as MINED
     from skill.mine import mine
     from skill.recipe import load_recipe
     from skill.render import render
+    from skill.score import OUTPUTS as SCORED
     from skill.score import score
     from skill.train import train
 
@@ -57,7 +59,7 @@ def main() -> None:
         if run.exists():
             shutil.rmtree(run)
         run.mkdir(parents=True)
-        for name in ("manifest.json", "split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "dev_candidates.parquet", "qrels_dev.json", "scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
+        for name in ("manifest.json", *MINED.values(), *SCORED.values()):
             shutil.copy(shared / name, run / name)
         # The minutes end training, not the epoch count: at ~20 pairs/s one epoch of the quickstart data is ~9 minutes.
         train_cfg = cfg.train.model_copy(update={"max_minutes": minutes, "early_stopping_patience": 0, "epochs": max(cfg.train.epochs or 1.0, 10.0), "max_steps": None})
@@ -83,7 +85,7 @@ def main() -> None:
                 "p": report["verdict"]["p_value"],
                 "verdict": report["verdict"]["label"] if report_result.exit_code in (0, 7) else "COLLAPSED",
                 "alpha": trained.metrics.get("fusion_alpha"),
-                "fused": ndcg.get("student + first stage (fused)"),
+                "fused": ndcg.get(FUSED),
                 "fused_delta": report["summary"].get("fused_delta_ndcg@10"),
                 "fused_p": report["summary"].get("fused_p_value"),
                 "fused_verdict": report["summary"].get("fused_verdict"),

@@ -512,13 +512,10 @@ def split_queries(
         held = {qid for key in eligible[:n_held] for qid in groups[key]}
     dev: set[str] = set()
     if dev_queries > 0 and qrels is not None:
-        by_text: dict[str, list[str]] = defaultdict(list)
-        for qid, text in queries.texts.items():
-            if qid not in held:
-                by_text[normalise_query(text)].append(qid)
-        candidates = sorted(k for k, members in by_text.items() if any(qrels.positives(m) for m in members))
+        # Whole text groups, as for held-out; a group is on the training side when none of it was held out.
+        candidates = sorted(k for k, members in groups.items() if not held.intersection(members) and any(qrels.positives(m) for m in members))
         random.Random(seed + 1).shuffle(candidates)
-        dev = {qid for key in candidates[: min(dev_queries, len(candidates) // 5)] for qid in by_text[key]}
+        dev = {qid for key in candidates[: min(dev_queries, len(candidates) // 5)] for qid in groups[key]}
     split = Split(
         seed=seed,
         heldout_fraction=None if heldout_ids is not None else heldout_fraction,

@@ -333,12 +333,13 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
 
     hits, judged_queries = 0, 0
     k_eval = min(config.eval_top_k, got.top_idx.shape[1])
-    for offset, qid in enumerate(split.heldout + split.dev):
+    for offset, qid in enumerate(split.heldout + split.dev):  # exactly the first stage's top k_eval, in query_ids order
         qi = n_train + offset
+        held_out = offset < len(split.heldout)
         top = got.top_idx[qi, :k_eval]
         for r, (d, s) in enumerate(zip(top, got.top_score[qi, :k_eval], strict=True), start=1):
-            add(held_rows if offset < len(split.heldout) else dev_rows, qid, int(d), r, float(s))
-        if positives[qi] and offset < len(split.heldout):
+            add(held_rows if held_out else dev_rows, qid, int(d), r, float(s))
+        if held_out and positives[qi]:
             judged_queries += 1
             hits += len(positives[qi] & {int(d) for d in top}) / len(positives[qi])
 
