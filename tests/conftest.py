@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout under test, not whatever `skill` an environment has installed (a worktree, a fresh clone).
+sys.path.insert(0, str(REPO))
 CLI = [sys.executable, "-m", "skill"]
 
 

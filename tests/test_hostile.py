@@ -65,7 +65,7 @@ def test_template_injection_through_every_rendered_string_field(tmp_path):
             assert module[holders[0]] == value
             cases += 1
     assert not marker.exists()
-    proc = subprocess.run([str(REPO / ".venv/bin/ruff"), "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert cases == len(fields) * len(_hostile(marker))
 

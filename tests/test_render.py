@@ -57,7 +57,7 @@ def test_render_all_six_sizes_compile_and_are_ruff_clean(tmp_path):
         got = (module.SIZE, module.LEARNING_RATE, module.GLOBAL_BATCH)
         assert got == (size, spec.learning_rate, spec.global_batch)
     proc = subprocess.run(
-        [str(REPO / ".venv/bin/ruff"), "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
