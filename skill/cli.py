@@ -122,7 +122,11 @@ def doctor_cmd() -> Result:
 @click.option("--max-doc-chars", type=click.IntRange(min=1), default=None, help="Reject documents longer than this (default 1,000,000).")
 @map_option
 def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str | None, max_doc_chars: int | None, mapping: tuple[str, ...]) -> Result:
-    """Preflight the data: READY, NEEDS MAPPING or INVALID, with the fix for each problem. Exit 0 only when READY."""
+    """Preflight the data: READY, NEEDS MAPPING, NEEDS LABELS or INVALID, with the fix for each problem. Exit 0 only when READY.
+
+    READY means mine, score, train and evaluate accept the data: unlabelled data (no qrels, or no
+    grade above 0) is NEEDS LABELS, since train and evaluate need labelled queries.
+    """
     from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
     from skill.preflight import inspect_data
 

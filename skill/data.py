@@ -30,7 +30,13 @@ DEFAULT_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "corpus": {"id": ("_id", "id"), "text": ("text",), "title": ("title",)},
     "queries": {"id": ("_id", "id"), "text": ("text",)},
     "qrels": {"query_id": ("query-id", "query_id", "qid"), "doc_id": ("corpus-id", "corpus_id", "doc_id", "docid"), "score": ("score", "relevance", "label")},
-    "pairs": {"query": ("query",), "document": ("document", "passage"), "label": ("label", "score"), "query_id": ("query_id", "query-id"), "doc_id": ("doc_id", "corpus-id")},
+    "pairs": {
+        "query": ("query",),
+        "document": ("document", "passage"),
+        "label": ("label", "score"),
+        "query_id": ("query_id", "query-id"),
+        "doc_id": ("doc_id", "corpus-id"),
+    },
 }
 REQUIRED = {"corpus": ("id", "text"), "queries": ("id", "text"), "qrels": ("query_id", "doc_id"), "pairs": ("query", "document")}
 # Columns that often hold what we need under another name: suggested, never used silently.
@@ -98,7 +104,11 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return "datasets"
-        raise invalid("folder is not a `datasets` save_to_disk folder", where=str(path), fix="pass a JSONL/CSV/TSV/Parquet file or a folder written by Dataset.save_to_disk")
+        raise invalid(
+            "folder is not a `datasets` save_to_disk folder",
+            where=str(path),
+            fix="pass a JSONL/CSV/TSV/Parquet file or a folder written by Dataset.save_to_disk",
+        )
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
@@ -129,7 +139,9 @@ def _read_lines(fh, path: Path) -> Iterator[bytes]:
     try:
         yield from fh
     except (OSError, EOFError, zlib.error) as exc:
-        raise invalid(f"not a readable gzip file ({type(exc).__name__}: {exc})", where=str(path), fix="recompress the file with gzip, or pass it uncompressed") from None
+        raise invalid(
+            f"not a readable gzip file ({type(exc).__name__}: {exc})", where=str(path), fix="recompress the file with gzip, or pass it uncompressed"
+        ) from None
 
 
 def _decode(raw: bytes, path: Path, line_no: int) -> str:
@@ -168,7 +180,9 @@ def _json_row(text: str, path: Path, line_no: int) -> dict[str, Any]:
         if isinstance(row, dict) and text.count(":") > len(row):
             json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
-        raise invalid(f"key {exc.args[0]!r} appears twice in one object", where=where, fix=f"keep one {exc.args[0]!r} per line (JSON keeps only the last one)") from None
+        raise invalid(
+            f"key {exc.args[0]!r} appears twice in one object", where=where, fix=f"keep one {exc.args[0]!r} per line (JSON keeps only the last one)"
+        ) from None
     except RecursionError:
         raise invalid("JSON nested too deeply", where=where, fix='make each line one flat JSON object like {"_id": ..., "text": ...}') from None
     except json.JSONDecodeError as exc:
@@ -178,14 +192,10 @@ def _json_row(text: str, path: Path, line_no: int) -> dict[str, Any]:
     return row
 
 
-def _check_header(header: list[str], path: Path) -> list[str]:
-    header = [h.strip() for h in header]
-    seen: set[str] = set()
-    for name in header:
-        if name and name in seen:
-            raise invalid(f"column {name!r} appears twice in the header", where=f"{path}:1", fix=f"rename one of the two {name!r} columns in the first line")
-        seen.add(name)
-    return header
+def _header(values: list[str]) -> tuple[list[str], list[str]]:
+    """The header's column names, and those it repeats (checked by `Fields`: a repeat may mean the line is data)."""
+    header = [h.strip() for h in values]
+    return header, [name for name, count in Counter(header).items() if name and count > 1]
 
 
 class Rows:
@@ -201,6 +211,7 @@ class Rows:
             raise missing("file not found", where=str(self.path), fix="check the path")
         self.format = detect_format(self.path)
         self.columns: list[str] | None = None
+        self.repeated_columns: list[str] = []  # header names given twice (the row dicts keep the last)
         self.notes: list[Problem] = []
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -239,7 +250,8 @@ class Rows:
                 continue
             values = text.split("\t")
             if header is None:
-                header = self.columns = _check_header(values, self.path)
+                header, self.repeated_columns = _header(values)
+                self.columns = header
                 continue
             if len(values) != len(header):
                 raise self._wrong_width(
@@ -281,7 +293,8 @@ class Rows:
             if not values or all(not v.strip() for v in values):
                 continue
             if header is None:
-                header = self.columns = _check_header(values, self.path)
+                header, self.repeated_columns = _header(values)
+                self.columns = header
                 continue
             if reader.line_num > start:
                 spanning += 1
@@ -296,7 +309,7 @@ class Rows:
                     "multiline_csv_record",
                     f"{spanning} record(s) span several lines (first: {first_span}): quoted fields with line breaks",
                     str(self.path),
-                    "if no text should contain a line break, a quote is unbalanced there: close it or double it (\"\")",
+                    'if no text should contain a line break, a quote is unbalanced there: close it or double it ("")',
                 )
             )
 
@@ -312,7 +325,11 @@ class Rows:
                 where=where,
                 fix=f'close the quote on line {start}, or write a literal " as "" inside a quoted field (the text "best bread becomes """best bread")',
             )
-        return invalid(f"broken CSV quoting ({reason})", where=where, fix='a quoted field ends at its closing " right before the comma or line end; write a literal " inside it as ""')
+        return invalid(
+            f"broken CSV quoting ({reason})",
+            where=where,
+            fix='a quoted field ends at its closing " right before the comma or line end; write a literal " inside it as ""',
+        )
 
     def _parquet(self):
         import pyarrow.parquet as pq
@@ -320,7 +337,9 @@ class Rows:
         try:
             pf = pq.ParquetFile(self.path)
         except Exception as exc:  # pyarrow raises several types for a broken file
-            raise invalid(f"not a readable Parquet file ({type(exc).__name__}: {exc})", where=str(self.path), fix="rewrite the file with pyarrow/pandas `to_parquet`") from None
+            raise invalid(
+                f"not a readable Parquet file ({type(exc).__name__}: {exc})", where=str(self.path), fix="rewrite the file with pyarrow/pandas `to_parquet`"
+            ) from None
         self.columns = list(pf.schema_arrow.names)
         n = 0
         for batch in pf.iter_batches(batch_size=4096):
@@ -334,7 +353,9 @@ class Rows:
         try:
             ds = datasets.load_from_disk(str(self.path))
         except Exception as exc:
-            raise invalid(f"cannot load datasets folder ({type(exc).__name__}: {exc})", where=str(self.path), fix="write it with Dataset.save_to_disk") from None
+            raise invalid(
+                f"cannot load datasets folder ({type(exc).__name__}: {exc})", where=str(self.path), fix="write it with Dataset.save_to_disk"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if len(ds) != 1:
                 raise invalid(f"DatasetDict with splits {list(ds)}", where=str(self.path), fix="save a single split (ds['train'].save_to_disk(...))")
@@ -371,12 +392,33 @@ class Fields:
         self._found: set[str] = set()  # fields whose --map name was in some row
         self.chosen = {fld: self.column(fld, first_row) for fld in DEFAULT_COLUMNS[kind]}
         columns = ", ".join(self.columns) or "none"
+        if reader.repeated_columns:
+            name = reader.repeated_columns[0]
+            headerless = self._headerless_fix()
+            self.problems.append(
+                Problem("mapping", "headerless", f"no header line: the first line repeats {name!r}", str(self.path), headerless)
+                if headerless
+                else Problem("error", "repeated_column", f"column {name!r} appears twice in the header", f"{self.path}:1", f"rename one of the two {name!r} columns in the first line")
+            )
+            return
         for fld, defaults in DEFAULT_COLUMNS[kind].items():
             name = self.explicit.get(fld)
             if name is not None and name not in self.columns and (self.tabular or fld in REQUIRED[kind]):
-                self.problems.append(Problem("mapping", "unknown_column", f"--map {kind}.{fld}={name} names no column (columns: {columns})", str(self.path), f"pick one of: {columns}"))
+                self.problems.append(
+                    Problem(
+                        "mapping",
+                        "unknown_column",
+                        f"--map {kind}.{fld}={name} names no column (columns: {columns})",
+                        str(self.path),
+                        f"pick one of: {columns}",
+                    )
+                )
             elif name is None and self.chosen[fld] is None and fld in REQUIRED[kind]:
-                self.problems.append(Problem("mapping", "missing_column", f"no {'/'.join(defaults)} column for {kind} {fld} (columns: {columns})", str(self.path), self._hint(fld)))
+                self.problems.append(
+                    Problem(
+                        "mapping", "missing_column", f"no {'/'.join(defaults)} column for {kind} {fld} (columns: {columns})", str(self.path), self._hint(fld)
+                    )
+                )
 
     def column(self, fld: str, row: dict[str, Any]) -> str | None:
         name = self.explicit.get(fld)
@@ -402,7 +444,12 @@ class Fields:
         known = {c for names in DEFAULT_COLUMNS[self.kind].values() for c in names} | {c for f in DEFAULT_COLUMNS[self.kind] for c in LIKELY.get(f, ())}
         if not self.tabular or known & set(self.columns):
             return None
-        header = {("corpus", 2): ["_id", "text"], ("queries", 2): ["_id", "text"], ("qrels", 3): ["query-id", "corpus-id", "score"], ("qrels", 4): ["query-id", "iteration", "corpus-id", "score"]}
+        header = {
+            ("corpus", 2): ["_id", "text"],
+            ("queries", 2): ["_id", "text"],
+            ("qrels", 3): ["query-id", "corpus-id", "score"],
+            ("qrels", 4): ["query-id", "iteration", "corpus-id", "score"],
+        }
         names = header.get((self.kind, len(self.columns)))
         if names is None:
             return None
@@ -419,7 +466,13 @@ class Fields:
     def unused(self) -> list[Problem]:
         """`--map`s of optional fields that named a key no row had (JSONL: checked after the last row)."""
         return [
-            Problem("mapping", "unknown_column", f"--map {self.kind}.{fld}={name} names no field in any row", str(self.path), f"drop --map {self.kind}.{fld}, or name the field the rows use")
+            Problem(
+                "mapping",
+                "unknown_column",
+                f"--map {self.kind}.{fld}={name} names no field in any row",
+                str(self.path),
+                f"drop --map {self.kind}.{fld}, or name the field the rows use",
+            )
             for fld, name in self.explicit.items()
             if fld not in self._found and fld not in REQUIRED[self.kind]
         ]
@@ -469,7 +522,13 @@ class _Cell:
             return value, None
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value), None
-        return None, Problem("error", "bad_id", f"{col!r} is {_describe(value)}, not a string or integer id", f"{where} column {col}", f"write every {col!r} as a string (or an integer)")
+        return None, Problem(
+            "error",
+            "bad_id",
+            f"{col!r} is {_describe(value)}, not a string or integer id",
+            f"{where} column {col}",
+            f"write every {col!r} as a string (or an integer)",
+        )
 
     @staticmethod
     def number(value: Any) -> float | None:
@@ -538,7 +597,9 @@ class LoadResult:
 
 def _empty_file(kind: Kind, path: Path) -> LoadResult:
     needed = ", ".join("/".join(DEFAULT_COLUMNS[kind][f]) for f in REQUIRED[kind])
-    return LoadResult(None, [Problem("error", "empty_file", f"the {kind} file has no rows", str(path), f"give at least one row with the columns {needed}")], {}, 0)
+    return LoadResult(
+        None, [Problem("error", "empty_file", f"the {kind} file has no rows", str(path), f"give at least one row with the columns {needed}")], {}, 0
+    )
 
 
 class _Collector:
@@ -590,7 +651,13 @@ def _load_texts(kind: Kind, path: str | Path, mapping: ColumnMapping, max_chars:
             if rid is None or not rid.strip():
                 found = Problem("error", "missing_id", f"empty {id_col!r}", f"{where} column {id_col}", f"give every {noun} a non-empty id")
             elif rid in first_seen:
-                found = Problem("error", "duplicate_id", f"duplicate id {rid!r} (first at {first_seen[rid]})", f"{where} column {id_col}", "make ids unique (drop or rename the repeat)")
+                found = Problem(
+                    "error",
+                    "duplicate_id",
+                    f"duplicate id {rid!r} (first at {first_seen[rid]})",
+                    f"{where} column {id_col}",
+                    "make ids unique (drop or rename the repeat)",
+                )
             elif not text.strip() and not (title or "").strip():
                 found = Problem("error", "empty_text", f"{noun} {rid!r} has empty text", f"{where} column {text_col}", f"drop the row or fill {text_col!r}")
             elif len(text) + len(title or "") > max_chars:
@@ -642,7 +709,9 @@ class _Presence:
         return None
 
 
-def load_qrels(path, mapping: ColumnMapping | None = None, *, corpus: Corpus | None = None, queries: Queries | None = None, stop_at_first: bool = True) -> LoadResult:
+def load_qrels(
+    path, mapping: ColumnMapping | None = None, *, corpus: Corpus | None = None, queries: Queries | None = None, stop_at_first: bool = True
+) -> LoadResult:
     """Graded labels. A file with no score column at all grades every row 1 (binary qrels); rows with and without a score in one file are an error."""
     mapping = mapping or ColumnMapping()
     reader = Rows(path)
@@ -677,20 +746,42 @@ def load_qrels(path, mapping: ColumnMapping | None = None, *, corpus: Corpus | N
             raw = row.get(scol)
             number = _Cell.number(raw)
             if number is None:
-                found = Problem("error", "bad_label", f"relevance {raw!r} is not a finite number", f"{where} column {scol}", "use integer grades (0 = not relevant, 1+ = relevant)")
+                found = Problem(
+                    "error",
+                    "bad_label",
+                    f"relevance {raw!r} is not a finite number",
+                    f"{where} column {scol}",
+                    "use integer grades (0 = not relevant, 1+ = relevant)",
+                )
             else:
                 score = number
         if found is None and (not qid or not did):
             found = Problem("error", "missing_id", "empty query or document id", f"{where}", f"fill {qcol!r} and {dcol!r}")
         elif found is None and queries is not None and qid not in queries.texts:
-            found = Problem("error", "dangling_qrel", f"query id {qid!r} is not in the queries file", f"{where} column {qcol}", f"drop the row, or add query {qid!r} to {queries.path}")
+            found = Problem(
+                "error",
+                "dangling_qrel",
+                f"query id {qid!r} is not in the queries file",
+                f"{where} column {qcol}",
+                f"drop the row, or add query {qid!r} to {queries.path}",
+            )
         elif found is None and corpus is not None and did not in corpus.texts:
-            found = Problem("error", "dangling_qrel", f"document id {did!r} is not in the corpus", f"{where} column {dcol}", f"drop the row, or add document {did!r} to {corpus.path}")
+            found = Problem(
+                "error",
+                "dangling_qrel",
+                f"document id {did!r} is not in the corpus",
+                f"{where} column {dcol}",
+                f"drop the row, or add document {did!r} to {corpus.path}",
+            )
         elif found is None and (qid, did) in seen:
             first, grade = seen[qid, did]
             if grade != score:
                 found = Problem(
-                    "error", "conflicting_qrel", f"query {qid!r}, document {did!r} is graded {score:g} here and {grade:g} at {first}", where, "keep one line per (query, document) pair: delete the wrong one"
+                    "error",
+                    "conflicting_qrel",
+                    f"query {qid!r}, document {did!r} is graded {score:g} here and {grade:g} at {first}",
+                    where,
+                    "keep one line per (query, document) pair: delete the wrong one",
                 )
             else:
                 repeats += 1
@@ -705,7 +796,15 @@ def load_qrels(path, mapping: ColumnMapping | None = None, *, corpus: Corpus | N
         return _empty_file("qrels", reader.path)
     out.problems += fields.unused()
     if repeats:
-        out.add(Problem("warning", "repeated_qrel", f"{repeats} line(s) repeat an earlier (query, document) pair with the same grade ({first_repeat}); each pair is read once", str(reader.path), "delete the repeated lines"))
+        out.add(
+            Problem(
+                "warning",
+                "repeated_qrel",
+                f"{repeats} line(s) repeat an earlier (query, document) pair with the same grade ({first_repeat}); each pair is read once",
+                str(reader.path),
+                "delete the repeated lines",
+            )
+        )
     return LoadResult(Qrels(dict(labels), str(reader.path)), out.problems + reader.notes, fields.chosen, rows)
 
 
@@ -738,7 +837,15 @@ def load_pairs(path, mapping: ColumnMapping | None = None, *, require_label: boo
             fields = Fields("pairs", mapping, reader, row)
             if require_label and fields.chosen["label"] is None and "label" not in fields.explicit:
                 cols = ", ".join(fields.columns)
-                fields.problems.append(Problem("mapping", "missing_column", f"no label/score column (columns: {cols})", str(reader.path), "add a numeric 'label' column (one score per pair)"))
+                fields.problems.append(
+                    Problem(
+                        "mapping",
+                        "missing_column",
+                        f"no label/score column (columns: {cols})",
+                        str(reader.path),
+                        "add a numeric 'label' column (one score per pair)",
+                    )
+                )
             if fields.problems:
                 return LoadResult(None, fields.problems, fields.chosen, 0)
         rows += 1
@@ -764,13 +871,25 @@ def load_pairs(path, mapping: ColumnMapping | None = None, *, require_label: boo
             raw = row.get(lcol)
             label = _Cell.number(raw)
             if label is None:
-                found = Problem("error", "bad_label", f"label {raw!r} is not a finite number", f"{where} column {lcol}", "give every pair a numeric score (no NaN, inf or text)")
+                found = Problem(
+                    "error",
+                    "bad_label",
+                    f"label {raw!r} is not a finite number",
+                    f"{where} column {lcol}",
+                    "give every pair a numeric score (no NaN, inf or text)",
+                )
         if found is None:
             key = ("ids", qid, did) if qid and did else ("text", q, d)
             if key in seen and seen[key][1] != label:
                 first, other = seen[key]
                 name = f"(query {qid!r}, document {did!r})" if key[0] == "ids" else "(same query and document text)"
-                found = Problem("error", "conflicting_pair", f"pair {name} is scored twice with different labels ({label:g} here, {other:g} at {first})", where, "keep one score per pair: delete the wrong line")
+                found = Problem(
+                    "error",
+                    "conflicting_pair",
+                    f"pair {name} is scored twice with different labels ({label:g} here, {other:g} at {first})",
+                    where,
+                    "keep one score per pair: delete the wrong line",
+                )
             seen.setdefault(key, (where, label))
         if out.add(found):
             if out.stop:
@@ -830,7 +949,13 @@ def workflow_problems(corpus: Corpus, queries: Queries, qrels: Qrels | None, *, 
     distinct = len({normalise_query(t) for t in queries.texts.values()})
     if 0 < distinct < 2:
         problems.append(
-            Problem("error", "too_few_queries", f"the queries file has {distinct} distinct query: the split needs one to hold out and one to train on", queries.path, "add queries (100+ to train on)")
+            Problem(
+                "error",
+                "too_few_queries",
+                f"the queries file has {distinct} distinct query: the split needs one to hold out and one to train on",
+                queries.path,
+                "add queries (100+ to train on)",
+            )
         )
     if qrels is None:
         problems.append(
@@ -908,7 +1033,9 @@ def split_queries(
     if heldout_ids is not None:
         unknown = [q for q in heldout_ids if q not in queries.texts]
         if unknown:
-            raise invalid(f"{len(unknown)} held-out query ids are not in the queries file (first: {unknown[0]!r})", fix="list ids from the queries file, one per line")
+            raise invalid(
+                f"{len(unknown)} held-out query ids are not in the queries file (first: {unknown[0]!r})", fix="list ids from the queries file, one per line"
+            )
         held = set(heldout_ids)
         groups: dict[str, list[str]] = defaultdict(list)
         for qid, text in queries.texts.items():
@@ -958,7 +1085,9 @@ def check_no_leak(split: Split, queries: Queries, qrels: Qrels | None) -> None:
         raise SkillError(f"query {sorted(overlap)[0]!r} is in both train and held-out", code=ExitCode.RUNTIME_FAILURE)
     for qid in split.heldout:
         if normalise_query(queries.texts[qid]) in train_texts:
-            raise invalid(f"held-out query {qid!r} has the same text as a training query", fix="deduplicate queries or let the split choose (--heldout FRACTION)")
+            raise invalid(
+                f"held-out query {qid!r} has the same text as a training query", fix="deduplicate queries or let the split choose (--heldout FRACTION)"
+            )
     if qrels is not None:
         train_pairs = {(normalise_query(queries.texts[q]), d) for q in split.train + split.dev for d in qrels.positives(q)}
         for qid in split.heldout:

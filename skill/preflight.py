@@ -94,7 +94,9 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
 
             tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)  # never run a folder's custom code (nor prompt for it)
         except Exception as exc:
-            raise SkillError(f"cannot load tokenizer {tokenizer!r} ({type(exc).__name__})", code=ExitCode.MISSING_RESOURCE, fix="pass a local folder or a reachable hub id") from None
+            raise SkillError(
+                f"cannot load tokenizer {tokenizer!r} ({type(exc).__name__})", code=ExitCode.MISSING_RESOURCE, fix="pass a local folder or a reachable hub id"
+            ) from None
     unit = "tokens" if tok is not None else "words"
     rng = random.Random(0)
     for name, loaded in (("document", c), ("query", q)):

@@ -12,8 +12,10 @@ from skill.config import RunConfig
 from skill.errors import ExitCode, SkillError, invalid, missing
 
 PACKAGED_PREFIX = "packaged:"
-MAX_RECIPE_BYTES = 256 * 1024  # the bundled recipes are ~1 KB
+MAX_RECIPE_BYTES = 16 * 1024  # the bundled recipes are ~1 KB; the worst 16 KB of YAML parses in well under a second
 MAX_YAML_NODES = 10_000  # scalars, lists and mappings after every alias is expanded
+MAX_YAML_DEPTH = 32  # a recipe is sections of keys, three or four levels deep
+MAX_YAML_ALIASES = 100
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -22,8 +24,34 @@ class _BoundedLoader(yaml.SafeLoader):
     Aliases share one object when loaded (a 601-byte "billion laughs" loads in milliseconds) but every
     later walk over the data (overrides, `packaged:` resolution, validation) visits each copy: the
     size that matters is the expanded one, counted here on the composed node graph before anything
-    is built from it.
+    is built from it. Nesting deeper than MAX_YAML_DEPTH is refused while composing (before the rest is read).
     """
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooDeep
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise _TooBig
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _TooBig(Exception):
+    pass
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
@@ -54,16 +82,19 @@ def safe_yaml(text: str, *, where: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        size = _expanded_size(node, {}, MAX_YAML_NODES)
-        if size > MAX_YAML_NODES:
-            raise invalid(
-                f"the YAML expands to more than {MAX_YAML_NODES:,} values once its aliases (*name) are followed",
-                where=where,
-                fix="write the recipe out without nested aliases (anchors &name / aliases *name); a recipe needs a few dozen values",
-            )
+        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise _TooBig
         return loader.construct_document(node)
-    except RecursionError:
-        raise invalid("the YAML is nested too deeply", where=where, fix="a recipe is a mapping of sections a few levels deep: flatten it") from None
+    except _TooBig:
+        raise invalid(
+            f"the YAML uses more than {MAX_YAML_ALIASES} aliases (*name) or expands to more than {MAX_YAML_NODES:,} values once they are followed",
+            where=where,
+            fix="write the recipe out without nested aliases (anchors &name / aliases *name); a recipe needs a few dozen values",
+        ) from None
+    except (_TooDeep, RecursionError):
+        raise invalid(
+            f"the YAML is nested more than {MAX_YAML_DEPTH} levels deep", where=where, fix="a recipe is a mapping of sections a few levels deep: flatten it"
+        ) from None
     finally:
         loader.dispose()
 
@@ -111,7 +142,11 @@ def apply_override(data: dict, assignment: str) -> None:
     try:
         target[parts[-1]] = safe_yaml(raw, where=f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise SkillError(f"--set {key}: the value is not YAML ({getattr(exc, 'problem', exc)})", code=ExitCode.USAGE, fix="quote the value, e.g. --set 'train.base=\"org/model\"'") from None
+        raise SkillError(
+            f"--set {key}: the value is not YAML ({getattr(exc, 'problem', exc)})",
+            code=ExitCode.USAGE,
+            fix="quote the value, e.g. --set 'train.base=\"org/model\"'",
+        ) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -125,7 +160,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         path = bundled
     size = path.stat().st_size
     if size > MAX_RECIPE_BYTES:
-        raise invalid(f"the recipe is {size:,} bytes (limit {MAX_RECIPE_BYTES:,})", where=str(path), fix="a recipe is a short YAML file (~1 KB): start from one of the bundled recipes")
+        raise invalid(
+            f"the recipe is {size:,} bytes (limit {MAX_RECIPE_BYTES:,})",
+            where=str(path),
+            fix="a recipe is a short YAML file (~1 KB): start from one of the bundled recipes",
+        )
     try:
         data = safe_yaml(path.read_text(encoding="utf-8"), where=str(path)) or {}
     except UnicodeDecodeError as exc:
