@@ -158,6 +158,9 @@ def _decode(raw: bytes, path: Path, line_no: int) -> str:
     return text.removeprefix("\ufeff") if line_no == 1 else text  # a UTF-8 byte-order mark is not data
 
 
+_KEY_COLON = re.compile(r'"\s*:')
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key, value in pairs:
@@ -176,8 +179,9 @@ def _json_row(text: str, path: Path, line_no: int) -> dict[str, Any]:
     try:
         row = json.loads(text)
         # json keeps the last of two equal keys; a second parse that refuses them runs only when the
-        # line has more colons than keys, which every line with a repeated key has.
-        if isinstance(row, dict) and text.count(":") > len(row):
+        # line has more `"<space>:` than keys, which every line with a repeated key has (each key is a
+        # string followed by a colon); in a text value the pattern needs an escaped quote, so it is rare.
+        if isinstance(row, dict) and len(_KEY_COLON.findall(text)) > len(row):
             json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
         raise invalid(
@@ -390,6 +394,7 @@ class Fields:
         self.path = reader.path
         self.problems: list[Problem] = []
         self._found: set[str] = set()  # fields whose --map name was in some row
+        self._names = {fld: (self.explicit[fld],) if fld in self.explicit else defaults for fld, defaults in DEFAULT_COLUMNS[kind].items()}
         self.chosen = {fld: self.column(fld, first_row) for fld in DEFAULT_COLUMNS[kind]}
         columns = ", ".join(self.columns) or "none"
         if reader.repeated_columns:
@@ -398,7 +403,13 @@ class Fields:
             self.problems.append(
                 Problem("mapping", "headerless", f"no header line: the first line repeats {name!r}", str(self.path), headerless)
                 if headerless
-                else Problem("error", "repeated_column", f"column {name!r} appears twice in the header", f"{self.path}:1", f"rename one of the two {name!r} columns in the first line")
+                else Problem(
+                    "error",
+                    "repeated_column",
+                    f"column {name!r} appears twice in the header",
+                    f"{self.path}:1",
+                    f"rename one of the two {name!r} columns in the first line",
+                )
             )
             return
         for fld, defaults in DEFAULT_COLUMNS[kind].items():
@@ -421,13 +432,13 @@ class Fields:
                 )
 
     def column(self, fld: str, row: dict[str, Any]) -> str | None:
-        name = self.explicit.get(fld)
-        if name is not None:
-            if name not in row:
-                return None
-            self._found.add(fld)
-            return name
-        return next((c for c in DEFAULT_COLUMNS[self.kind][fld] if c in row), None)
+        """The key of `row` that holds `fld` (None when the row has none); called for every row."""
+        for name in self._names[fld]:
+            if name in row:
+                if fld in self.explicit:
+                    self._found.add(fld)
+                return name
+        return None
 
     def _hint(self, fld: str) -> str:
         guesses = [c for c in LIKELY.get(fld, ()) if c in self.columns]
@@ -642,9 +653,10 @@ def _load_texts(kind: Kind, path: str | Path, mapping: ColumnMapping, max_chars:
             if out.stop:
                 break
             continue
-        rid, bad = cell.ident(row, id_col, where)
-        text, bad_text = cell.text(row, text_col, where)
-        title, bad_title = cell.text(row, title_col, where) if title_col else (None, None)
+        # strings (the common case) inline; everything else through the typed reads
+        rid, bad = (raw, None) if type(raw := row[id_col]) is str else cell.ident(row, id_col, where)
+        text, bad_text = (raw, None) if type(raw := row[text_col]) is str else cell.text(row, text_col, where)
+        title, bad_title = (raw, None) if title_col and type(raw := row[title_col]) is str else cell.text(row, title_col, where) if title_col else (None, None)
         found = bad or bad_text or bad_title
         text = text or ""
         if found is None:

@@ -176,7 +176,10 @@ def test_mapped_optional_field_is_read_row_by_row_and_a_map_naming_nothing_is_re
 
 
 def test_pairs_ids_and_labels_are_read_per_row(tmp_path):
-    f = write_jsonl(tmp_path / "scores.jsonl", [{"query": "a", "document": "x", "label": 1.0}, {"query_id": "q2", "doc_id": "d2", "query": "b", "document": "y", "label": 2.0}])
+    f = write_jsonl(
+        tmp_path / "scores.jsonl",
+        [{"query": "a", "document": "x", "label": 1.0}, {"query_id": "q2", "doc_id": "d2", "query": "b", "document": "y", "label": 2.0}],
+    )
     pairs = load_pairs(f, require_label=True).require()
     assert pairs.query_id == ["", "q2"] and pairs.doc_id == ["", "d2"] and pairs.label == [1.0, 2.0]
     write_jsonl(f, [{"query": "a", "document": "x", "label": 1.0}, {"query": "b", "document": "y"}])
@@ -204,7 +207,9 @@ def test_property_jsonl_title_present_in_any_rows(tmp_path_factory, rows):
 @given(rows=st.lists(st.tuples(_WORD, _WORD, st.one_of(st.none(), st.integers(0, 3))), min_size=1, max_size=10, unique_by=lambda r: (r[0], r[1])))
 def test_property_jsonl_qrels_score_in_every_row_or_none(tmp_path_factory, rows):
     """All scored: the grades; none scored: grade 1; a mix: an error at the first row that differs, naming the first row of the other kind."""
-    path = write_jsonl(tmp_path_factory.mktemp("q") / "r.jsonl", [{"query-id": q, "corpus-id": d, **({"score": g} if g is not None else {})} for q, d, g in rows])
+    path = write_jsonl(
+        tmp_path_factory.mktemp("q") / "r.jsonl", [{"query-id": q, "corpus-id": d, **({"score": g} if g is not None else {})} for q, d, g in rows]
+    )
     scored = [g is not None for _, _, g in rows]
     if all(scored) or not any(scored):
         got = load_qrels(path).require().labels
@@ -241,7 +246,12 @@ def test_tsv_quote_is_plain_text_like_ms_marco(cli, tmp_path):
 def test_tsv_field_wrapped_in_quotes_is_kept_with_a_warning(cli, tmp_path):
     files = _domain(tmp_path)
     files["queries"] = tmp_path / "queries.tsv"
-    files["queries"].write_text("_id\ttext\n" + "".join(f"{q['_id']}\t{q['text']}\n" for q in QUERIES[:2]) + 'q3\t"butter in croissants"\n' + "".join(f"{q['_id']}\t{q['text']}\n" for q in QUERIES[3:]))
+    files["queries"].write_text(
+        "_id\ttext\n"
+        + "".join(f"{q['_id']}\t{q['text']}\n" for q in QUERIES[:2])
+        + 'q3\t"butter in croissants"\n'
+        + "".join(f"{q['_id']}\t{q['text']}\n" for q in QUERIES[3:])
+    )
     report = _ready(cli, files)
     assert any("1 field(s) are wrapped in double quotes (first at" in w and "queries.tsv:4)" in w for w in report["warnings"])
     assert load_queries(files["queries"]).require().texts["q3"] == '"butter in croissants"'
@@ -269,7 +279,12 @@ def test_tsv_wrong_number_of_fields_names_the_line_and_the_fix_works(cli, tmp_pa
 
 
 def _csv_corpus(rows: list[str]) -> str:
-    return "_id,text\n" + "".join(f"{d['_id']},{d['text'].replace(',', '')}\n" for d in DOCS[:1]) + "".join(rows) + "".join(f"{d['_id']},{d['text'].replace(',', '')}\n" for d in DOCS[2:])
+    return (
+        "_id,text\n"
+        + "".join(f"{d['_id']},{d['text'].replace(',', '')}\n" for d in DOCS[:1])
+        + "".join(rows)
+        + "".join(f"{d['_id']},{d['text'].replace(',', '')}\n" for d in DOCS[2:])
+    )
 
 
 @pytest.mark.parametrize("command", ["inspect", "mine"])
@@ -419,7 +434,16 @@ def test_identical_duplicate_qrels_are_read_once_with_a_warning(cli, tmp_path):
 
 def test_conflicting_duplicate_qrels_in_parquet_name_both_rows(tmp_path):
     path = tmp_path / "qrels.parquet"
-    pq.write_table(pa.Table.from_pylist([{"query-id": "q1", "corpus-id": "d1", "score": 1}, {"query-id": "q2", "corpus-id": "d2", "score": 1}, {"query-id": "q1", "corpus-id": "d1", "score": 0}]), path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"query-id": "q1", "corpus-id": "d1", "score": 1},
+                {"query-id": "q2", "corpus-id": "d2", "score": 1},
+                {"query-id": "q1", "corpus-id": "d1", "score": 0},
+            ]
+        ),
+        path,
+    )
     with pytest.raises(SkillError) as info:
         load_qrels(path).require()
     assert info.value.where == f"{path}#row3" and info.value.message.endswith(f"at {path}#row1")
@@ -434,7 +458,9 @@ def test_text_that_is_not_a_string_is_an_error_and_the_fix_works(cli, tmp_path, 
     docs = [dict(d) for d in DOCS]
     docs[3]["text"] = value
     write_jsonl(files["corpus"], docs)
-    err = _refused_alike(cli, files, tmp_path, f"corpus.jsonl:4 column text: 'text' is a{'n' if type(value).__name__[0] in 'aeiou' else ''} {type(value).__name__}")
+    err = _refused_alike(
+        cli, files, tmp_path, f"corpus.jsonl:4 column text: 'text' is a{'n' if type(value).__name__[0] in 'aeiou' else ''} {type(value).__name__}"
+    )
     assert "as a JSON string" in err["fix"]
     docs[3]["text"] = json.dumps(value)  # the fix: the value written as a string
     write_jsonl(files["corpus"], docs)
@@ -514,7 +540,23 @@ def test_unlabelled_data_is_not_ready_and_the_label_fix_makes_the_whole_workflow
     assert code == 0, mined["errors"]
     for command in (
         ["score", "--run", run, "--teacher", tiny_reranker, "--max-length", "64"],
-        ["train", "--run", run, "--base", tiny_base, "--max-steps", "2", "--max-seq-length", "64", "--per-device-batch", "8", "--global-batch", "8", "--eval-queries", "4"],
+        [
+            "train",
+            "--run",
+            run,
+            "--base",
+            tiny_base,
+            "--max-steps",
+            "2",
+            "--max-seq-length",
+            "64",
+            "--per-device-batch",
+            "8",
+            "--global-batch",
+            "8",
+            "--eval-queries",
+            "4",
+        ],
         ["evaluate", "--run", run, "--resamples", "100", "--skip-base"],
     ):
         proc = cli(*command, "--json")
@@ -609,7 +651,10 @@ def test_scores_file_conflicting_labels_by_text_name_both_lines(cli, tmp_path):
     files = _domain(tmp_path)
     run = tmp_path / "run"
     assert _mine(cli, files, run)[0] == 0
-    scores = write_jsonl(tmp_path / "scores.jsonl", [{"query": "a", "document": "b", "label": 1.0}, {"query": "c", "document": "d", "label": 1.0}, {"query": "a", "document": "b", "label": 3.0}])
+    scores = write_jsonl(
+        tmp_path / "scores.jsonl",
+        [{"query": "a", "document": "b", "label": 1.0}, {"query": "c", "document": "d", "label": 1.0}, {"query": "a", "document": "b", "label": 3.0}],
+    )
     proc = cli("score", "--run", run, "--teacher", scores, "--teacher-type", "file", "--json")
     payload = json.loads(proc.stdout)
     assert proc.returncode == 5 and payload["errors"][0]["where"] == f"{scores}:3" and payload["errors"][0]["message"].endswith(f"(3 here, 1 at {scores}:1)")
@@ -652,7 +697,9 @@ except SkillError as err:
 
 
 def _limited_load(path: Path, overrides: tuple[str, ...] = ()) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _LIMITED.format(repo=str(REPO), path=str(path), overrides=list(overrides))], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIMITED.format(repo=str(REPO), path=str(path), overrides=list(overrides))], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 
@@ -677,7 +724,13 @@ def test_yaml_alias_bomb_is_refused_fast_under_a_memory_limit(tmp_path):
         ("run: x\na: &a [*a]\n", (), "aliases"),  # a recursive alias expands without end
         ("run: x\nmine: " + "[" * 5000 + "]" * 5000 + "\n", (), "nested more than 32 levels deep"),
         ("run: x\n" + "# padding\n" * 2000, (), "bytes (limit 16,384)"),
-        ("run: runs/x\n", ("mine.extra=[&a [l, l, l, l, l, l, l, l, l], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]]",), "aliases"),
+        (
+            "run: runs/x\n",
+            (
+                "mine.extra=[&a [l, l, l, l, l, l, l, l, l], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]]",
+            ),
+            "aliases",
+        ),
     ],
     ids=["recursive_alias", "deep_nesting", "oversized_file", "bomb_in_set"],
 )
