@@ -371,7 +371,14 @@ class Rows:
 
 def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) pairs; location is `file:line` (text formats) or `file#rowN` (columnar)."""
-    yield from Rows(path)
+    reader = Rows(path)
+    for where, row in reader:
+        if reader.repeated_columns:
+            name = reader.repeated_columns[0]
+            raise invalid(
+                f"column {name!r} appears twice in the header", where=f"{reader.path}:1", fix=f"rename one of the two {name!r} columns in the first line"
+            )
+        yield where, row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,8 +711,8 @@ def load_queries(path, mapping: ColumnMapping | None = None, *, max_chars: int =
 class _Presence:
     """An optional field must be in every row or in none: a mix is ambiguous (which rows lack it by mistake?)."""
 
-    def __init__(self, what: str, fix_with: str, fix_without: str) -> None:
-        self.what, self.fix_with, self.fix_without = what, fix_with, fix_without
+    def __init__(self, what: str, fix: str) -> None:
+        self.what, self.fix = what, fix
         self.with_at: str | None = None
         self.without_at: str | None = None
 
@@ -713,11 +720,11 @@ class _Presence:
         if present:
             self.with_at = self.with_at or where
             if self.without_at:
-                return Problem("error", "mixed_optional_field", f"this row has a {self.what} but {self.without_at} has none", where, self.fix_without)
+                return Problem("error", "mixed_optional_field", f"this row has a {self.what} but {self.without_at} has none", where, self.fix)
         else:
             self.without_at = self.without_at or where
             if self.with_at:
-                return Problem("error", "mixed_optional_field", f"this row has no {self.what} but {self.with_at} has one", where, self.fix_with)
+                return Problem("error", "mixed_optional_field", f"this row has no {self.what} but {self.with_at} has one", where, self.fix)
         return None
 
 
@@ -735,8 +742,7 @@ def load_qrels(
     repeats, first_repeat = 0, ""
     presence = _Presence(
         "score",
-        fix_with="give every row a score (0 = not relevant, 1+ = relevant), or no row one (then every row is relevant, grade 1)",
-        fix_without="give every row a score (0 = not relevant, 1+ = relevant), or no row one (then every row is relevant, grade 1)",
+        "give every row a score (0 = not relevant, 1+ = relevant), or no row one (then every row is relevant, grade 1)",
     )
     rows = 0
     for where, row in reader:
@@ -841,7 +847,7 @@ def load_pairs(path, mapping: ColumnMapping | None = None, *, require_label: boo
     fields: Fields | None = None
     out = _Collector(stop_at_first)
     pairs = Pairs([], [], [], [], [])
-    labelled = _Presence("label", fix_with="give every pair a numeric label", fix_without="give every pair a numeric label, or no pair one")
+    labelled = _Presence("label", "give every pair a numeric label")
     seen: dict[tuple[str, str, str], tuple[str, float | None]] = {}
     rows = 0
     for where, row in reader:
@@ -931,6 +937,7 @@ class Dataset:
     corpus: Corpus
     queries: Queries
     qrels: Qrels | None
+    warnings: list[str] = field(default_factory=list)  # what reading noticed: repeated qrels lines, quoted TSV fields, ...
 
 
 MIN_DOCUMENTS = 2  # reranking one candidate cannot change its order: evaluation would measure nothing
@@ -998,9 +1005,11 @@ def load_dataset(corpus, queries, qrels=None, *, mapping: ColumnMapping | None =
     The same checks as `inspect`: data it calls READY loads here, and nothing else does.
     """
     mapping = mapping or ColumnMapping()
-    c = load_corpus(corpus, mapping, max_chars=max_chars).require()
-    q = load_queries(queries, mapping, max_chars=max_chars).require()
-    r = load_qrels(qrels, mapping, corpus=c, queries=q).require() if qrels else None
+    loaded = [load_corpus(corpus, mapping, max_chars=max_chars), load_queries(queries, mapping, max_chars=max_chars)]
+    c, q = (x.require() for x in loaded)
+    if qrels:
+        loaded.append(load_qrels(qrels, mapping, corpus=c, queries=q))
+    r = loaded[2].require() if qrels else None
     if not len(c):
         raise invalid("the corpus is empty", where=str(corpus), fix="give at least one document")
     if not len(q):
@@ -1008,7 +1017,7 @@ def load_dataset(corpus, queries, qrels=None, *, mapping: ColumnMapping | None =
     for problem in workflow_problems(c, q, r, qrels_path=qrels):
         if problem.severity != "warning":
             raise problem.to_error()
-    return Dataset(c, q, r)
+    return Dataset(c, q, r, [p.line() for x in loaded for p in x.warnings])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -430,6 +430,8 @@ def test_identical_duplicate_qrels_are_read_once_with_a_warning(cli, tmp_path):
     report = _ready(cli, files)
     assert report["metrics"]["qrels"] == 6
     assert any("1 line(s) repeat an earlier (query, document) pair with the same grade" in w and "qrels.tsv:8 repeats" in w for w in report["warnings"])
+    code, mined = _mine(cli, files, tmp_path / "run")  # mine says the same
+    assert code == 0 and any("qrels.tsv:8 repeats" in w for w in mined["warnings"])
 
 
 def test_conflicting_duplicate_qrels_in_parquet_name_both_rows(tmp_path):
