@@ -774,7 +774,10 @@ def load_qrels(
             else:
                 score = number
         if found is None and (not qid or not did):
-            found = Problem("error", "missing_id", "empty query or document id", f"{where}", f"fill {qcol!r} and {dcol!r}")
+            empty = qcol if not qid else dcol
+            found = Problem(
+                "error", "missing_id", f"empty {'query' if empty == qcol else 'document'} id", f"{where} column {empty}", f"fill {empty!r}, or drop the row"
+            )
         elif found is None and queries is not None and qid not in queries.texts:
             found = Problem(
                 "error",
@@ -884,7 +887,8 @@ def load_pairs(path, mapping: ColumnMapping | None = None, *, require_label: boo
                 value, found = cell.ident(row, col, where)
                 qid, did = (value, did) if fld == "query_id" else (qid, value)
         if found is None and (not (q or "").strip() or not (d or "").strip()):
-            found = Problem("error", "empty_text", "empty query or document", where, "drop the row or fill it")
+            empty = qcol if not (q or "").strip() else dcol
+            found = Problem("error", "empty_text", f"empty {'query' if empty == qcol else 'document'}", f"{where} column {empty}", "drop the row or fill it")
         if found is None and lcol is not None:
             raw = row.get(lcol)
             label = _Cell.number(raw)

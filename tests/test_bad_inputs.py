@@ -220,7 +220,7 @@ def _score_case(case: str, run: Path, t: Path) -> tuple[Path, str]:
     if case == "empty_document":
         rows[1]["document"] = "  "
         write_jsonl(f, rows)
-        return f, "scores.jsonl:2: empty query or document"
+        return f, "scores.jsonl:2 column document: empty document"
     if case == "non_utf8":
         f.write_bytes(b'{"query": "q", "document": "d\xe9", "label": 1.0}\n')
         return f, "scores.jsonl:1: bytes at column"
