@@ -73,7 +73,7 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
         metrics["duplicate_queries"] = dups
         if dups:
             warnings.append(f"{dups} queries repeat another query's text; the split keeps each text on one side")
-    if r is not None and r.value is not None and q.value is not None:
+    if r is not None and r.value is not None and q.value is not None and not r.errors:  # counts from a broken file would mislead
         with_pos = [qid for qid in q.value.texts if r.value.positives(qid)]
         metrics["qrels"] = sum(len(v) for v in r.value.labels.values())
         metrics["queries_with_positives"] = len(with_pos)

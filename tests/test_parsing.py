@@ -243,6 +243,17 @@ def test_tsv_quote_is_plain_text_like_ms_marco(cli, tmp_path):
     assert load_queries(gz).require().texts == dict(plain[1:])
 
 
+@pytest.mark.parametrize("fmt", ["tsv", "csv"])
+def test_windows_line_endings_are_not_text(tmp_path, fmt):
+    sep = "\t" if fmt == "tsv" else ","
+    path = tmp_path / f"queries.{fmt}"
+    path.write_bytes(("\r\n".join([f"_id{sep}text", *(f"{q['_id']}{sep}{q['text']}" for q in QUERIES)]) + "\r\n").encode())
+    assert load_queries(path).require().texts == {q["_id"]: q["text"] for q in QUERIES}
+    qrels = tmp_path / f"qrels.{fmt}"
+    qrels.write_bytes(f"query-id{sep}corpus-id{sep}score\r\nq1{sep}d1{sep}2\r\n".encode())
+    assert load_qrels(qrels).require().labels == {"q1": {"d1": 2.0}}
+
+
 def test_tsv_field_wrapped_in_quotes_is_kept_with_a_warning(cli, tmp_path):
     files = _domain(tmp_path)
     files["queries"] = tmp_path / "queries.tsv"
