@@ -324,6 +324,9 @@ def test_csv_text_after_a_closing_quote_is_an_error_naming_the_line(tmp_path):
     with pytest.raises(SkillError) as info:
         load_corpus(path)
     assert info.value.where == f"{path}:3 column text" and "broken CSV quoting" in info.value.message
+    assert 'write a literal " inside it as ""' in info.value.fix
+    path.write_text(_csv_corpus(['d2,"""best"" bread"\n']), encoding="utf-8")  # the fix: the whole field quoted, its quotes doubled
+    assert load_corpus(path).require().texts["d2"] == '"best" bread'
 
 
 def test_csv_multiline_quoted_field_is_one_record_and_later_lines_keep_their_numbers(cli, tmp_path):
@@ -349,6 +352,9 @@ def test_repeated_header_column_is_an_error_at_line_one(tmp_path, fmt):
     with pytest.raises(SkillError) as info:
         load_corpus(path).require()
     assert info.value.where == f"{path}:1" and "column 'text' appears twice" in info.value.message
+    assert info.value.fix == "rename one of the two 'text' columns in the first line"
+    path.write_text(sep.join(["_id", "text", "text_2"]) + "\n" + sep.join(["d1", "a", "b"]) + "\n", encoding="utf-8")
+    assert load_corpus(path).require().texts == {"d1": "a"}
 
 
 def test_json_key_repeated_in_one_object_is_an_error_and_the_fix_works(cli, tmp_path):
@@ -495,6 +501,8 @@ def test_an_id_that_is_not_a_string_or_integer_is_an_error(tmp_path, value):
     path = write_jsonl(tmp_path / "corpus.jsonl", [DOCS[0], {"_id": value, "text": "x"}])
     problem = load_corpus(path).problems[0]
     assert problem.where == f"{path}:2 column _id" and (problem.kind == "missing_id" if value is None else problem.kind == "bad_id")
+    write_jsonl(path, [DOCS[0], {"_id": "d2", "text": "x"}])  # the fix: a string id
+    assert set(load_corpus(path).require().texts) == {"d1", "d2"}
 
 
 def test_parquet_text_column_of_numbers_is_an_error_and_the_printed_pandas_fix_works(cli, tmp_path):
@@ -528,6 +536,9 @@ def test_qrels_grade_that_is_not_a_number_is_an_error(tmp_path, raw):
     with pytest.raises(SkillError) as info:
         load_qrels(path).require()
     assert info.value.where == f"{path}:1 column score" and "is not a finite number" in info.value.message
+    assert info.value.fix == "use integer grades (0 = not relevant, 1+ = relevant)"
+    path.write_text('{"query-id": "q1", "corpus-id": "d1", "score": 1}\n', encoding="utf-8")
+    assert load_qrels(path).require().labels == {"q1": {"d1": 1.0}}
 
 
 # --------------------------------------------------------------------------------------------- late failures, refused up front
@@ -671,6 +682,13 @@ def test_scores_file_conflicting_labels_by_text_name_both_lines(cli, tmp_path):
     proc = cli("score", "--run", run, "--teacher", scores, "--teacher-type", "file", "--json")
     payload = json.loads(proc.stdout)
     assert proc.returncode == 5 and payload["errors"][0]["where"] == f"{scores}:3" and payload["errors"][0]["message"].endswith(f"(3 here, 1 at {scores}:1)")
+    assert payload["errors"][0]["fix"] == "keep one score per pair: delete the wrong line"
+    rows = pq.read_table(run / "train_pairs.parquet").to_pylist() + pq.read_table(run / "heldout_candidates.parquet").to_pylist()
+    rows += pq.read_table(run / "dev_candidates.parquet").to_pylist()
+    good = [{"query": r["query"], "document": r["document"], "label": float(r["rank"])} for r in rows]
+    write_jsonl(scores, [*good, good[0]])  # the fix applied: the conflicting line deleted (an identical repeat stays harmless)
+    proc = cli("score", "--run", run, "--teacher", scores, "--teacher-type", "file", "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def test_flags_named_in_data_fixes_exist_on_the_commands():
@@ -752,6 +770,23 @@ def test_hostile_recipes_are_refused_in_well_under_a_second(tmp_path, content, o
     recipe.write_text(content)
     got = _limited_load(recipe, overrides)
     assert got["code"] == 5 and expect in got["message"] and got["seconds"] < 1.0, got
+
+
+def test_too_many_aliases_fix_writing_them_out_loads_what_pyyaml_reads(tmp_path):
+    import yaml
+
+    from skill.recipe import MAX_YAML_ALIASES, load_recipe
+
+    aliased = "run: runs/x\nstages: [evaluate]\nt: &t org/reranker\nevaluate:\n  models: [" + ", ".join(["*t"] * (MAX_YAML_ALIASES + 1)) + "]\n"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(aliased)
+    with pytest.raises(SkillError) as info:
+        load_recipe(recipe)
+    assert "write the recipe out without nested aliases" in info.value.fix
+    expected = yaml.safe_load(aliased)  # outside oracle: what the aliases mean
+    written_out = {"run": expected["run"], "stages": expected["stages"], "evaluate": {"models": expected["evaluate"]["models"]}}
+    recipe.write_text(yaml.safe_dump(written_out))  # the fix: the same values, no aliases
+    assert load_recipe(recipe).evaluate.models == ["org/reranker"] * (MAX_YAML_ALIASES + 1)
 
 
 def test_recipes_with_ordinary_anchors_load_as_pyyaml_reads_them(tmp_path):
