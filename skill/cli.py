@@ -122,7 +122,11 @@ def doctor_cmd() -> Result:
 @click.option("--max-doc-chars", type=click.IntRange(min=1), default=None, help="Reject documents longer than this (default 1,000,000).")
 @map_option
 def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str | None, max_doc_chars: int | None, mapping: tuple[str, ...]) -> Result:
-    """Preflight the data: READY, NEEDS MAPPING or INVALID, with the fix for each problem. Exit 0 only when READY."""
+    """Preflight the data: READY, NEEDS MAPPING, NEEDS LABELS or INVALID, with the fix for each problem. Exit 0 only when READY.
+
+    READY means mine, score, train and evaluate accept the data: unlabelled data (no qrels, or no
+    grade above 0) is NEEDS LABELS, since train and evaluate need labelled queries.
+    """
     from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
     from skill.preflight import inspect_data
 
@@ -147,7 +151,7 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--retriever", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True, help="First stage.")
 @click.option("--embedder", default="google/embeddinggemma-300m", show_default=True, help="Dense first stage: sentence-transformers hub id or local folder.")
 @click.option("--train-top-k", type=click.IntRange(min=1), default=30, show_default=True, help="Candidates per training query.")
-@click.option("--eval-top-k", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per held-out query.")
+@click.option("--eval-top-k", type=int, default=100, show_default=True, help="Candidates per held-out query (2 or more; reranking is judged on them).")
 @click.option("--heldout", type=float, default=0.2, show_default=True, help="Fraction of labelled queries held out.")
 @click.option("--heldout-queries", type=click.Path(path_type=Path), help="File of held-out query ids, one per line (overrides --heldout).")
 @click.option(
@@ -162,9 +166,12 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--no-guard", is_flag=True, help="Turn the false-negative guard off.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding batch size.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Corpus-embedding cache (default RUN/cache).")
+@click.option("--max-doc-chars", type=click.IntRange(min=1), default=None, help="Reject documents longer than this (default 1,000,000).")
 @click.option("--force", is_flag=True, help="Redo even if the stage is up to date.")
 @map_option
-def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], force: bool, no_guard: bool, **options) -> Result:
+def mine_cmd(
+    run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], max_doc_chars: int | None, force: bool, no_guard: bool, **options
+) -> Result:
     """Split queries and mine candidates: train pairs (hard negatives behind a false-negative guard), dev and held-out top-K."""
     from skill.config import DataConfig, MineConfig
     from skill.data import ColumnMapping
@@ -175,8 +182,9 @@ def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, map
     try:
         config = MineConfig(**options)
     except ValueError as exc:
-        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill mine --help`") from None
-    data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping))
+        fix = "pass --eval-top-k 2 or more (default 100)" if "--eval-top-k" in _option_error(exc) else "see `reranker-skill mine --help`"
+        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix=fix) from None
+    data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping), **({"max_doc_chars": max_doc_chars} if max_doc_chars else {}))
     return mine(run_dir, data, config, force=force)
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
+from skill.data import DEFAULT_MAX_DOC_CHARS, MIN_DOCUMENTS, ColumnMapping
 
 
 class _Section(BaseModel):
@@ -44,6 +44,13 @@ class MineConfig(_Section):
     max_score: float | None = None
     rrf_k: int = Field(60, ge=1)
     cache_dir: Path | None = None  # corpus-embedding cache; default RUN/cache
+
+    @field_validator("eval_top_k")
+    @classmethod
+    def _meaningful_depth(cls, value: int) -> int:
+        if value < MIN_DOCUMENTS:
+            raise ValueError(f"{value} candidate per held-out query: a reranker cannot change the order of one candidate, so evaluation would measure nothing (use {MIN_DOCUMENTS} or more; 100 is the default)")
+        return value
 
 
 TeacherType = Literal["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]

@@ -426,7 +426,7 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     ]
     if judged_queries:
         lines.append(f"  held-out recall@{config.eval_top_k}: {summary[f'heldout_recall@{config.eval_top_k}']:.3f}")
-    warnings = []
+    warnings = list(ds.warnings)  # what reading the files noticed (repeated qrels lines, quoted TSV fields, ...)
     if counts.queries_without_negatives:
         warnings.append(f"{counts.queries_without_negatives} training queries kept no negative; loosen the guard (--relative-margin) or raise --train-top-k")
     if not ds.qrels:
