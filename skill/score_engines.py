@@ -396,6 +396,7 @@ class ProcessEngine(InProcessEngine):
         self.devices = devices
         self.threads = threads_per_worker(devices)
         self.cache_dir = cache_dir
+        self.worker_states: list[dict | None] = []  # the last run's, for benchmarks
 
     def facts(self) -> dict:
         return {"engine": "local", "workers": len(self.devices), "devices": self.devices, **({"threads_per_worker": self.threads} if self.threads else {})}
@@ -422,6 +423,7 @@ class ProcessEngine(InProcessEngine):
             "fingerprint": fingerprint,
             "threads": self.threads,
             "onnx_cache": str(self.cache_dir),
+            "parent": os.getpid(),
         }
         ctx = mp.get_context("spawn")  # a forked CUDA or OpenMP runtime is unsafe; every worker starts clean
         procs = [ctx.Process(target=_worker_main, args=(job, k, device), name=f"score-worker-{k}") for k, device in enumerate(self.devices)]
@@ -433,6 +435,11 @@ class ProcessEngine(InProcessEngine):
                     p.start()
                 while any(p.is_alive() for p in procs):
                     time.sleep(self.POLL_S)
+                    if any(p.exitcode and (session / f"worker-{k}.error.json").exists() for k, p in enumerate(procs)):
+                        for p in procs:  # a worker reported an error (a broken teacher, a bad device): the others stop too
+                            if p.is_alive():
+                                p.terminate()
+                        break
                     states = _states(session, len(procs))
                     live = [s for s, p in zip(states, procs, strict=True) if s and p.is_alive() and s.get("phase") == "scoring"]
                     bar.from_workers(
@@ -452,6 +459,7 @@ class ProcessEngine(InProcessEngine):
         for p in procs:
             p.join()
         states = _states(session, len(procs))
+        self.worker_states = states
         self._raise_failures(scorer, procs, states, session)
         _remove_session(session)
         facts = next((s["facts"] for s in states if s and s.get("facts")), None)
@@ -461,7 +469,7 @@ class ProcessEngine(InProcessEngine):
         return len(done), sum(s.get("pairs", 0) for s in states if s), time.perf_counter() - started
 
     def _raise_failures(self, scorer, procs, states, session: Path) -> None:
-        failures = []
+        reported, died = [], []  # a worker's own error explains the others' stop: it comes first
         for k, (p, state) in enumerate(zip(procs, states, strict=True)):
             if p.exitcode == 0:
                 continue
@@ -469,11 +477,11 @@ class ProcessEngine(InProcessEngine):
             err_file = session / f"worker-{k}.error.json"
             if err_file.exists():
                 err = json.loads(err_file.read_text())
-                failures.append(_error(err["error"], worker=name, keep_chunks=err.get("phase") != "scoring"))
+                reported.append(_error(err["error"], worker=name, keep_chunks=err.get("phase") != "scoring"))
                 continue
             how = f"was killed by {signal.Signals(-p.exitcode).name}" if p.exitcode and p.exitcode < 0 else f"exited with code {p.exitcode}"
             held = f" while scoring chunk {state['chunk']}" if state and state.get("chunk") is not None else ""
-            failures.append(
+            died.append(
                 _error(
                     {
                         "code": int(ExitCode.RUNTIME_FAILURE),
@@ -486,9 +494,9 @@ class ProcessEngine(InProcessEngine):
                     keep_chunks=True,
                 )
             )
-        if failures:
+        if reported or died:
             _remove_session(session)
-            raise failures[0]
+            raise (reported + died)[0]
 
 
 def _spec_of(teacher, config: ScoreConfig) -> dict:
@@ -600,7 +608,10 @@ def _worker_main(job: dict, k: int, device: str) -> None:
         pairs_file = pq.ParquetFile(workdir / PLAN_PAIRS)
         bar = _WorkerBar(state_file, state)
         state["phase"] = "scoring"
+        state["scoring_started"] = time.time()
         for c in job["todo"]:
+            if os.getppid() != job["parent"]:  # the command itself was killed: stop instead of scoring on as an orphan
+                break
             if scorer.chunk_file(c).exists() or not _claim(session, c):
                 continue
             state["chunk"] = c
@@ -614,6 +625,7 @@ def _worker_main(job: dict, k: int, device: str) -> None:
             state["facts"] = worker.facts
             bar.flush()
         state["phase"] = "done"
+        state["scoring_ended"] = time.time()
         _write_state(state_file, state)
     except SkillError as err:
         _write_state(session / f"worker-{k}.error.json", {"phase": state["phase"], "error": err.as_dict()})

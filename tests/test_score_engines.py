@@ -148,7 +148,8 @@ def test_kill_9_of_one_worker_then_a_rerun_rescoring_at_most_one_chunk(reference
 
 
 def test_local_ray_cluster_gives_the_same_tables(reference, mined_dev, tiny_reranker, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is in the dev extra; install reranker-skill[dev]")
+    import ray  # in the dev extra (reranker-skill[cluster])
+
     run = _copy(mined_dev, tmp_path / "run")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     try:
@@ -287,9 +288,17 @@ def test_bad_engine_flags_are_usage_errors(mined_dev, tiny_reranker, tmp_path, c
     assert not (run / "score_work").exists()
 
 
-def test_a_teacher_that_cannot_load_fails_before_any_worker_starts(mined_dev, tmp_path):
+def test_a_broken_teacher_in_a_worker_stops_every_worker_and_writes_nothing(mined_dev, tiny_reranker, tmp_path):
+    import torch
+
+    from skill.modeling import load_reranker
+
+    model = load_reranker(str(tiny_reranker))
+    with torch.no_grad():
+        model[-1].linear.weight.fill_(float("nan"))  # a real model whose head emits NaN
+    model.save(str(tmp_path / "nan-teacher"))
     run = _copy(mined_dev, tmp_path / "run")
     with pytest.raises(SkillError) as info:
-        score(run, _cfg(tmp_path / "no-such-model", devices=["cpu", "cpu"]))
-    assert info.value.code in (ExitCode.MISSING_RESOURCE, ExitCode.INVALID_INPUT)
-    assert not (run / "scores.parquet").exists()
+        score(run, _cfg(tmp_path / "nan-teacher", devices=["cpu", "cpu"]))
+    assert info.value.code == ExitCode.RUNTIME_FAILURE and "nan" in info.value.message.lower() and "(cpu, pid " in info.value.message
+    assert not any((run / name).exists() for name in TABLES) and not list(run.glob("score_work/*/chunk-*.npy"))
