@@ -40,7 +40,7 @@ from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import atomic_path, hash_obj, read_json, read_parquet, write_json, write_parquet
 from skill.manifest import Run, Stage
-from skill.teacher import FileTeacher, ModelTeacher, Teacher, normalise_per_query
+from skill.teacher import FileTeacher, ModelTeacher, Teacher, load_teacher, normalise_per_query
 
 OUTPUTS = {"scores": "scores.parquet", "heldout_scores": "heldout_scores.parquet", "meta": "scores.meta.json"}
 DEV_OUTPUT = {"dev_scores": "dev_scores.parquet"}  # written when the run has a dev split (the teacher gate's table)
@@ -418,7 +418,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         )
 
     # Load (and validate) every teacher before any work, so a bad input writes nothing.
-    engine = make_engine(config, cache_dir=run.path / "cache")
+    engine = make_engine(config, cache_dir=run.path / "cache", loader=load_teacher)
     try:
         return _score(run, config, stage, engine, shard, train_path, held_path, dev_path, qrels_dev_path, merge_only=merge_only)
     finally:

@@ -368,13 +368,13 @@ def _release(teacher) -> None:
 class InProcessEngine:
     """One device, this process: ChunkScorer.run (the reference path)."""
 
-    def __init__(self, config: ScoreConfig, device: str | None) -> None:
-        self.config, self.device = config, device
-
-    def load(self, spec: TeacherSpec):
+    def __init__(self, config: ScoreConfig, device: str | None, loader=None) -> None:
         from skill.teacher import load_teacher
 
-        return load_teacher(spec, max_length=self.config.max_length, device=self.device, dtype=self.config.dtype)
+        self.config, self.device, self.loader = config, device, loader or load_teacher
+
+    def load(self, spec: TeacherSpec):
+        return self.loader(spec, max_length=self.config.max_length, device=self.device, dtype=self.config.dtype)
 
     def run(self, scorer, shard: tuple[int, int]) -> tuple[int, int, float]:
         return scorer.run(shard)
@@ -391,8 +391,8 @@ class ProcessEngine(InProcessEngine):
 
     POLL_S = 0.2
 
-    def __init__(self, config: ScoreConfig, devices: list[str], cache_dir: Path) -> None:
-        super().__init__(config, devices[0])
+    def __init__(self, config: ScoreConfig, devices: list[str], cache_dir: Path, loader=None) -> None:
+        super().__init__(config, devices[0], loader)
         self.devices = devices
         self.threads = threads_per_worker(devices)
         self.cache_dir = cache_dir
@@ -815,13 +815,13 @@ class RayEngine:
                 ray.shutdown()
 
 
-def make_engine(config: ScoreConfig, *, cache_dir: Path):
-    """The engine `score` runs its teachers' chunks on."""
+def make_engine(config: ScoreConfig, *, cache_dir: Path, loader=None):
+    """The engine `score` runs its teachers' chunks on; `loader` loads a teacher in this process (default skill.teacher.load_teacher)."""
     if config.engine == "ray":
         return RayEngine(config)
     if config.workers is not None or config.ray_address is not None:
         raise SkillError("--workers and --ray-address apply to --engine ray", code=ExitCode.USAGE, fix="add --engine ray, or list local devices with --devices")
     devices = resolve_devices(config.devices, config.device)
     if len(devices) == 1:
-        return InProcessEngine(config, devices[0] if (config.devices is not None or config.device is not None) else None)
-    return ProcessEngine(config, devices, cache_dir)
+        return InProcessEngine(config, devices[0] if (config.devices is not None or config.device is not None) else None, loader)
+    return ProcessEngine(config, devices, cache_dir, loader)
