@@ -163,7 +163,7 @@ class Progress:
         self.meter = RateMeter()
         self.started = time.perf_counter()
         if self.remaining:
-            where = f"{len(workers)} workers ({', '.join(workers)})" if len(workers) > 1 else workers[0]
+            where = f"{len(workers)} workers ({', '.join(workers)})" if len(workers) > 1 else f"{workers[0]}"
             _say(f"score: {self.remaining:,} pairs to score ({total:,} in this shard, {done:,} already committed) on {where}; timing the first batches…")
         self.bar = tqdm(total=total, initial=done, unit="pair", unit_scale=True, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=not self.remaining)
 
