@@ -16,6 +16,10 @@ How the work is laid out, so that a kill, a rerun or N shards all give the same 
    checked (NaN, collapse, saturation) and written. Shards that finish early stop there; the
    last one (or `--merge`) writes the tables.
 
+Where the chunks are scored — this process, one worker process per device (`--devices`), or Ray
+actors (`--engine ray`) — is skill.score_engines' business; every engine fills the same chunk store.
+The dev candidates are scored too, and the stage ends with the teacher gate (skill.gate).
+
 `--backend onnx` runs CPU cross-encoder teachers through onnxruntime (skill.teacher.OnnxCrossEncoderTeacher):
 the same plan, chunks and batches, a graph exported once into RUN/cache/onnx-<key>/, and a parity
 check against torch on the first batch before anything is committed (exit 6 past 1e-3). Its chunks
