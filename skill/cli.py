@@ -200,17 +200,23 @@ def mine_cmd(
 @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Unique pairs per committed chunk (the most a kill can lose).")
 @click.option("--shard", help="Score only shard i of n (1-based, e.g. 2/4); the last one to finish merges.")
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge finished shards into the tables.")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--device", help="torch device for one worker in this process (default: see --devices).")
+@click.option("--devices", help="Comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 or cpu,cpu (default: every visible GPU, else cpu).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: this machine (--devices); ray: actors on a Ray cluster (needs reranker-skill[cluster]).")
+@click.option("--ray-address", help="Ray cluster to join with --engine ray (default: RAY_ADDRESS, else a local cluster).")
+@click.option("--workers", type=click.IntRange(min=1), help="Ray actors (default: one per GPU of the cluster, else one per node).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere.")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run cross-encoder teachers on CPU through onnxruntime (exported once to RUN/cache, parity-checked); others fall back to torch.")
+@click.option("--fail-on-gate", is_flag=True, help="Exit 7 when the teacher does not beat the first stage on the dev queries.")
 @click.option("--force", is_flag=True, help="Redo even if up to date (finished chunks are still reused).")
-def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, **options) -> Result:
-    """Score every mined pair (training and held-out) with a teacher; raw scores, resumable, shardable."""
+def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, devices: str | None, **options) -> Result:
+    """Score every mined pair (training, held-out, dev) with a teacher; raw scores, resumable, shardable; ends with the teacher gate on the dev queries."""
     from skill.config import ScoreConfig
     from skill.score import score, teacher_specs
 
     try:
-        config = ScoreConfig(teachers=teacher_specs(teachers, teacher_types, weights, score_space), **options)
+        device_list = [d.strip() for d in devices.split(",")] if devices is not None else None
+        config = ScoreConfig(teachers=teacher_specs(teachers, teacher_types, weights, score_space), devices=device_list, **options)
     except ValueError as exc:
         raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
     return score(run_dir, config, force=force, merge_only=merge_only)

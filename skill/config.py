@@ -77,6 +77,13 @@ class ScoreConfig(_Section):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 elsewhere
     # onnx: cross-encoder teachers on CPU run through onnxruntime (others fall back to torch with a warning)
     backend: Literal["torch", "onnx"] = "torch"
+    # Where the chunks are scored (skill.score_engines). local: this machine, one worker process per entry of
+    # `devices` (default: every visible GPU, else the CPU; one entry scores in this process); ray: actors on a Ray cluster.
+    engine: Literal["local", "ray"] = "local"
+    devices: list[str] | None = None  # e.g. ["cuda:0", "cuda:1"] or ["cpu", "cpu"]
+    ray_address: str | None = None  # default: RAY_ADDRESS, else a local cluster started for the run
+    workers: int | None = Field(None, ge=1)  # Ray actors (default: one per GPU of the cluster, else one per node)
+    fail_on_gate: bool = False  # exit 7 when the teacher does not beat the first stage on the dev queries
 
 
 class TrainConfig(_Section):
