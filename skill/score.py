@@ -165,7 +165,8 @@ class ChunkScorer:
         self.workdir = workdir
         self.chunk_size = config.chunk_size
         self.max_pairs = config.batch_size * 8
-        self.token_budget = config.token_budget or config.batch_size * min(config.max_length, 256)
+        # Lengths count the teacher's special/template tokens, so the default budget does too.
+        self.token_budget = config.token_budget or config.batch_size * (min(config.max_length, 256) + getattr(teacher, "overhead_tokens", 0))
         self.halvings = 0
         self.backend_facts: dict = {}
 
@@ -376,14 +377,14 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         if not p.exists():
             raise missing("a `mine` output is missing", where=str(p), fix=f"rerun `reranker-skill mine --run {run.path} ... --force`")
 
-    from skill.teacher import model_identity
+    from skill.loading import model_identity
 
     cfg_dump = config.model_dump(mode="json")
     for key in ("shard", "device", "batch_size", "token_budget"):
         cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
     if cfg_dump.get("backend") == "torch":
         cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
-    cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
+    cfg_dump["teacher_identity"] = [model_identity(t.model, cache_dir=run.path / "cache") for t in config.teachers]
     stage = Stage(run, "score", config=cfg_dump, inputs={"train_pairs": train_path, "heldout_candidates": held_path})
     if not force and shard[1] == 1 and stage.fresh():
         prev = stage.previous or {}
