@@ -317,9 +317,9 @@ def export_model(
         if run is None:
             raise SkillError("give --out DIR (or --run runs/NAME to write into its export/ folder)", code=ExitCode.USAGE, fix="reranker-skill export --model PATH --out exported/")
         out = run / "export" / ("onnx-int8" if quantize else "onnx")
-    from skill.loading import resolve_model
+    from skill.loading import PACKAGED_PREFIX, resolve_packaged
 
-    model, out = Path(resolve_model(str(model), role="model", flag="--model", kind="reranker folder")), Path(out)
+    model, out = Path(resolve_packaged(str(model)) if str(model).startswith(PACKAGED_PREFIX) else model), Path(out)
     kind = check_reranker_folder(model)
     if out.resolve() == model.resolve() or model.resolve() in out.resolve().parents:
         raise invalid("--out must not be inside the model folder", where=str(out), fix="choose an --out outside the model folder")

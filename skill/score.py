@@ -384,7 +384,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
     if cfg_dump.get("backend") == "torch":
         cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
-    cfg_dump["teacher_identity"] = [model_identity(t.model, cache_dir=run.path / "cache") for t in config.teachers]
+    cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
     stage = Stage(run, "score", config=cfg_dump, inputs={"train_pairs": train_path, "heldout_candidates": held_path})
     if not force and shard[1] == 1 and stage.fresh():
         prev = stage.previous or {}
