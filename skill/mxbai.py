@@ -146,6 +146,9 @@ class MxbaiScorer:
     def device(self):
         return next(self.model.parameters()).device
 
+    def parameters(self):
+        return self.model.parameters()
+
     def lengths(self, pairs: list[tuple[str, str]], *, chunk: int = 4096) -> np.ndarray:
         out = np.empty(len(pairs), dtype=np.int32)
         for start in range(0, len(pairs), chunk):
@@ -160,11 +163,13 @@ class MxbaiScorer:
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with torch.inference_mode():
             if self._rows is not None:
-                hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, -1]
+                hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -1]
                 logits = hidden.float() @ self._rows.float().T
             else:
                 logits = (
-                    self.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, [self.prompt.true_id, self.prompt.false_id]].float()
+                    self.model(input_ids=input_ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+                    .logits[:, -1, [self.prompt.true_id, self.prompt.false_id]]
+                    .float()
                 )
         return (logits[:, 0] - logits[:, 1]).cpu().numpy().astype(np.float32)
 
