@@ -69,8 +69,8 @@ class TeacherSpec(_Section):
 class ScoreConfig(_Section):
     teachers: list[TeacherSpec] = []
     batch_size: int = Field(32, ge=1)  # pairs per batch at full length; short pairs pack more (token budget)
-    max_length: int = Field(512, ge=8)
-    token_budget: int | None = Field(None, ge=8)  # padded tokens per batch; default batch_size * min(max_length, 256)
+    max_length: int = Field(512, ge=8)  # tokens of query + document text per pair; special tokens / template on top
+    token_budget: int | None = Field(None, ge=8)  # padded tokens per batch; default batch_size * (min(max_length, 256) + the teacher's special/template tokens)
     chunk_size: int = Field(4096, ge=1)  # unique pairs per atomically committed chunk
     shard: str | None = Field(None, pattern=r"^\d+/\d+$")  # "i/n", 1-based
     device: str | None = None

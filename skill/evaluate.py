@@ -23,6 +23,7 @@ from skill.config import EvaluateConfig
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import read_json, read_parquet, write_json
+from skill.loading import PACKAGED_PREFIX, load_cross_encoder, looks_like_hub_id, resolve_packaged
 from skill.manifest import Run, Stage
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
@@ -115,6 +116,8 @@ def check_reranker(spec: str, role: str) -> str:
     CrossEncoder) or a transformers sequence classifier with one label. Hub ids pass here and
     fail at load time when unreachable.
     """
+    if spec.startswith(PACKAGED_PREFIX):
+        spec = resolve_packaged(spec)
     path = Path(spec).expanduser()
     flag = f"--{role}" if role in ("student", "base") else "--model"
     if not path.exists():
@@ -147,24 +150,13 @@ def model_kind(path: Path) -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or "\\" in spec
+    """The loader's path-vs-hub rule: anything that is not ORG/NAME is a path."""
+    return not spec.startswith(PACKAGED_PREFIX) and not looks_like_hub_id(spec)
 
 
 def _load(spec: str, role: str, cfg: EvaluateConfig):
-    from skill.modeling import load_reranker
-
-    try:
-        return load_reranker(spec, device=cfg.device, max_seq_length=cfg.max_length)
-    except SkillError:
-        raise
-    except Exception as exc:
-        if not Path(spec).expanduser().exists():
-            raise missing(
-                f"cannot load {role} model {spec!r} ({type(exc).__name__})",
-                where=spec,
-                fix="check the id, log in / go online (or set HF_HUB_OFFLINE=0), or pass a local folder",
-            ) from None
-        raise invalid(f"cannot load {role} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", where=spec, fix="pass a folder saved by CrossEncoder.save()") from None
+    flag = f"--{role}" if role in ("student", "base") else "--model"
+    return load_cross_encoder(spec, role=f"{role} model", flag=flag, device=cfg.device, max_seq_length=cfg.max_length)
 
 
 def folder_size_mb(spec: str) -> float | None:
@@ -246,6 +238,8 @@ def _render_base(run: Run) -> tuple[str | None, dict]:
 
 def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> System | None:
     """The base before training: itself when it is a reranker; an encoder gets the student's untrained head."""
+    if spec.startswith(PACKAGED_PREFIX):
+        spec = resolve_packaged(spec)
     path = Path(spec).expanduser()
     if not path.exists():
         if _looks_like_path(spec):
@@ -398,6 +392,8 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     run = Run(run_dir)
     ho = load_heldout(run)
     student = cfg.student or str(run.file("student"))
+    if student.startswith(PACKAGED_PREFIX):
+        student = resolve_packaged(student)
     if not Path(student).expanduser().exists() and _looks_like_path(student):
         raise missing(
             "no trained student in the run folder" if cfg.student is None else "student model folder not found",

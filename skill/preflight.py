@@ -89,14 +89,9 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
 
     tok = None
     if tokenizer:
-        try:
-            from transformers import AutoTokenizer
+        from skill.loading import load_tokenizer
 
-            tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)  # never run a folder's custom code (nor prompt for it)
-        except Exception as exc:
-            raise SkillError(
-                f"cannot load tokenizer {tokenizer!r} ({type(exc).__name__})", code=ExitCode.MISSING_RESOURCE, fix="pass a local folder or a reachable hub id"
-            ) from None
+        tok = load_tokenizer(tokenizer, role="tokenizer", flag="--tokenizer")  # never runs a folder's custom code (nor prompts for it)
     unit = "tokens" if tok is not None else "words"
     rng = random.Random(0)
     for name, loaded in (("document", c), ("query", q)):

