@@ -145,3 +145,11 @@ def test_collapse_rule():
     assert M.collapsed(0.05, 1.0)[0]
     assert not M.collapsed(0.5, 1.0)[0]
     assert not M.collapsed(0.05, None)[0]  # without a teacher only the absolute floor applies
+
+
+def test_paired_test_on_one_query_is_exact():
+    """One query: the two sign flips give the same |mean difference|, so the exact two-sided p is 1 (hand-computed)."""
+    from skill.metrics import paired_test
+
+    r = paired_test([0.8], [0.5])
+    assert r.p_value == 1.0 and r.queries == 1 and r.better == 1 and abs(r.delta - 0.3) < 1e-12 and r.ci_low == r.ci_high == r.delta
