@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
 
@@ -169,6 +169,13 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run_named(cls, value):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError("the run folder is empty: name one, e.g. runs/NAME (an empty path would write into the current folder)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

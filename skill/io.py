@@ -7,8 +7,8 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp_file(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -70,6 +68,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(path: Path) -> Path:
+    """An empty file `.NAME.XXXXXXXX.tmp` beside `path`, created with mode 0666 less the umask (as open() would)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def make_temp_dir(parent: str | Path, *, prefix: str) -> Path:
+    """A new folder `PREFIXXXXXXXXX.tmp` inside `parent`, mode 0777 less the umask (tempfile.mkdtemp gives 0700)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = parent / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            folder.mkdir(0o777)
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free temporary folder name in {parent}")
 
 
 def _disk_full(folder: Path) -> bool:

@@ -25,10 +25,10 @@ and any teacher on a GPU, stay on torch with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,13 +38,14 @@ import numpy as np
 
 from skill.config import ScoreConfig, TeacherSpec
 from skill.envelope import Result
-from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.errors import ExitCode, SkillError, invalid
 from skill.io import atomic_path, hash_obj, read_json, read_parquet, write_json, write_parquet
 from skill.manifest import Run, Stage
+from skill.runfolder import CACHE, HELDOUT_CANDIDATES, SCORE_WORK, SCORES_META, SPLIT, STAGE_OUTPUTS, TRAIN_PAIRS, ScoresMeta, Split
 from skill.teacher import FileTeacher, ModelTeacher, Teacher, load_teacher, normalise_per_query
 
-OUTPUTS = {"scores": "scores.parquet", "heldout_scores": "heldout_scores.parquet", "meta": "scores.meta.json"}
-WORK = "score_work"
+OUTPUTS = {k: v for k, v in STAGE_OUTPUTS["score"].items() if k != "dev_scores"}  # what score writes today
+WORK = SCORE_WORK
 COLLAPSE_RATIO = 0.1  # median within-query std below this share of the overall std: MSE learns the mean
 COLLAPSE_ABS = 1e-3
 
@@ -361,7 +362,7 @@ def _onnx_teachers(teachers: list[Teacher], cache_dir: Path, warnings: list[str]
 
 def _teacher_workdir(run: Run, teacher: ModelTeacher, pairs: PairSet, chunk_size: int) -> Path:
     key = hash_obj({"teacher": teacher.fingerprint, "pairs": pairs.digest, "chunk_size": chunk_size})[:16]
-    return run.path / WORK / f"{Path(teacher.name).name[:40]}-{key}"
+    return run.file(SCORE_WORK) / f"{Path(teacher.name).name[:40]}-{key}"
 
 
 def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merge_only: bool = False) -> Result:
@@ -370,11 +371,8 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
     if not config.teachers:
         raise SkillError("no teacher given", code=ExitCode.USAGE, fix="pass --teacher MODEL_OR_FILE")
     shard = parse_shard(config.shard)
-    run.require_stage("mine", needed_by="score")
-    train_path, held_path = run.file("train_pairs.parquet"), run.file("heldout_candidates.parquet")
-    for p in (train_path, held_path):
-        if not p.exists():
-            raise missing("a `mine` output is missing", where=str(p), fix=f"rerun `reranker-skill mine --run {run.path} ... --force`")
+    source_warnings = run.require(["split", "train_pairs", "heldout_candidates"], needed_by="score", sources=True)
+    train_path, held_path = run.file(TRAIN_PAIRS), run.file(HELDOUT_CANDIDATES)
 
     from skill.teacher import model_identity
 
@@ -385,59 +383,80 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
     cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
     stage = Stage(run, "score", config=cfg_dump, inputs={"train_pairs": train_path, "heldout_candidates": held_path})
-    if not force and shard[1] == 1 and stage.fresh():
-        prev = stage.previous or {}
-        return Result(
-            artifacts={k: str(run.file(v)) for k, v in prev.get("outputs", {}).items()},
-            metrics={**prev.get("metrics", {}), "skipped": True},
-            text=f"score: up to date in {run.path} (use --force to redo)",
-        )
+    if (done := stage.skip(force=force or shard[1] != 1, warnings=source_warnings)) is not None:
+        return done
 
     # Load (and validate) every teacher before any work, so a bad input writes nothing.
     teachers: list[Teacher] = [
         load_teacher(spec, max_length=config.max_length, device=config.device, dtype=config.dtype) for spec in config.teachers
     ]
     train, held = read_parquet(train_path), read_parquet(held_path)
+    _check_no_heldout_in_training(run, train)
     pairs = collect_pairs(train, held)
     rows_train, rows_held = train.num_rows, held.num_rows
 
+    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held - len(pairs)}
+    warnings: list[str] = list(source_warnings)
+    if config.backend == "onnx":
+        teachers = _onnx_teachers(teachers, run.file(CACHE), warnings)
+    looked_up = {id(t): _file_teacher_scores(t, train, held, warnings) for t in teachers if isinstance(t, FileTeacher)}  # validated before anything is written
+    # One run scores inside its transaction (a failure is recorded); shards score their chunks outside it
+    # (chunks are keyed by teacher and pairs, never outputs) and only the merge publishes.
+    with contextlib.ExitStack() as transaction:
+        tx = transaction.enter_context(stage.transaction()) if shard[1] == 1 and not merge_only else None
+        return _label_and_publish(run, stage, tx, transaction, config, teachers, looked_up, train, held, pairs, metrics, warnings, shard=shard, merge_only=merge_only)
+
+
+def _check_no_heldout_in_training(run: Run, train) -> None:
+    """The held-out split never reaches the teacher's training labels (a last guard behind the manifest checks)."""
+    split = Split.model_validate(read_json(run.file(SPLIT)))
+    leaked = set(train.column("query_id").to_pylist()) & set(split.heldout)
+    if leaked:
+        raise invalid(
+            f"{len(leaked)} held-out queries of {SPLIT} are in {TRAIN_PAIRS} (first: {sorted(leaked)[0]!r})",
+            where=str(run.file(TRAIN_PAIRS)),
+            fix=f"rerun `{run.rerun('mine')}`: the two files come from different runs",
+        )
+
+
+def _file_teacher_scores(t: FileTeacher, train, held, warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A scores file's labels for every training pair (all required) and held-out candidate (NaN where absent)."""
+    rows_train, rows_held = train.num_rows, held.num_rows
+    tr = t.lookup(train.column("query_id").to_pylist(), train.column("doc_id").to_pylist(), train.column("query").to_pylist(), train.column("document").to_pylist())
+    missing_rows = np.flatnonzero(np.isnan(tr))
+    if len(missing_rows):
+        r = int(missing_rows[0])
+        raise invalid(
+            f"the scores file has no score for {len(missing_rows)} of {rows_train} training pairs (first: query {train.column('query_id')[r].as_py()!r}, document {train.column('doc_id')[r].as_py()!r})",
+            where=t.name,
+            fix="score every row of train_pairs.parquet (match on query_id+doc_id or on query+document text); nothing was written",
+        )
+    hd = t.lookup(held.column("query_id").to_pylist(), held.column("doc_id").to_pylist(), held.column("query").to_pylist(), held.column("document").to_pylist())
+    n_missing = int(np.isnan(hd).sum())
+    if n_missing:
+        warnings.append(f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only")
+    if t.inferred_space and t.score_space == "probability":
+        warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
+    return tr, hd
+
+
+def _label_and_publish(run: Run, stage: Stage, tx, transaction: contextlib.ExitStack, config: ScoreConfig, teachers, looked_up, train, held, pairs, metrics, warnings, *, shard, merge_only) -> Result:
+    """Score the chunks each model teacher still lacks, combine the teachers, and publish the tables (inside `tx`, or a new one for a merge)."""
+    rows_train, rows_held = train.num_rows, held.num_rows
     raw_train: list[np.ndarray] = []
     raw_held: list[np.ndarray] = []
-    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held - len(pairs)}
-    warnings: list[str] = []
-    if config.backend == "onnx":
-        teachers = _onnx_teachers(teachers, run.path / "cache", warnings)
     incomplete: list[str] = []
     timing = {"pairs_scored": 0, "seconds": 0.0, "chunks_scored": 0}
     for t in teachers:
         if isinstance(t, FileTeacher):
-            tr = t.lookup(train.column("query_id").to_pylist(), train.column("doc_id").to_pylist(), train.column("query").to_pylist(), train.column("document").to_pylist())
-            missing_rows = np.flatnonzero(np.isnan(tr))
-            if len(missing_rows):
-                r = int(missing_rows[0])
-                raise invalid(
-                    f"the scores file has no score for {len(missing_rows)} of {rows_train} training pairs (first: query {train.column('query_id')[r].as_py()!r}, document {train.column('doc_id')[r].as_py()!r})",
-                    where=t.name,
-                    fix="score every row of train_pairs.parquet (match on query_id+doc_id or on query+document text); nothing was written",
-                )
-            hd = t.lookup(held.column("query_id").to_pylist(), held.column("doc_id").to_pylist(), held.column("query").to_pylist(), held.column("document").to_pylist())
-            n_missing = int(np.isnan(hd).sum())
-            if n_missing:
-                warnings.append(f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only")
-            if t.inferred_space and t.score_space == "probability":
-                warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
+            tr, hd = looked_up[id(t)]
             raw_train.append(tr)
             raw_held.append(hd)
             continue
         scorer = ChunkScorer(t, pairs, _teacher_workdir(run, t, pairs, config.chunk_size), config)
         if not merge_only:
-            try:
-                chunks, n_scored, secs = scorer.run(shard)
-            except SkillError as err:
-                # A broken teacher's chunks are worthless; those committed before a full disk (an OSError) are kept for the rerun.
-                if scorer.workdir.exists() and not isinstance(err.__cause__, OSError):
-                    shutil.rmtree(scorer.workdir, ignore_errors=True)
-                raise
+            # No error path deletes committed chunks: each is a finished, checked score of this teacher on these pairs.
+            chunks, n_scored, secs = scorer.run(shard)
             timing["chunks_scored"] += chunks
             timing["pairs_scored"] += n_scored
             timing["seconds"] += secs
@@ -500,12 +519,12 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
 
     import pyarrow as pa
 
-    with stage.running():
-        write_parquet(run.file(OUTPUTS["scores"]), train.append_column("label", pa.array(label, pa.float32())))
-        write_parquet(run.file(OUTPUTS["heldout_scores"]), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
-        write_json(run.file(OUTPUTS["meta"]), meta)
-        stage.outputs.update(OUTPUTS)
-        stage.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
+    if tx is None:  # the merge of finished shards publishes in its own transaction
+        tx = transaction.enter_context(stage.transaction())
+    write_parquet(tx.path("scores"), train.append_column("label", pa.array(label, pa.float32())))
+    write_parquet(tx.path("heldout_scores"), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
+    write_json(tx.path("meta"), meta)
+    tx.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
 
     lines = [
         f"score: {', '.join(t.name for t in teachers)} → {run.path}",
@@ -518,8 +537,8 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs ({config.backend})")
     if "onnx_cache" in metrics:
         lines.append(f"  onnx: graph {metrics['onnx_cache']} ({metrics['onnx_graph']}), {metrics['onnx_threads']} threads, first-batch drift vs torch {metrics['onnx_parity_max_drift']:.1e}")
-    return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**metrics, "merged": True, "score_space": space}, warnings=warnings, text="\n".join(lines))
+    return Result(artifacts={k: str(run.file(v)) for k, v in tx.outputs.items()}, metrics={**metrics, "merged": True, "score_space": space}, warnings=warnings, text="\n".join(lines))
 
 
-def read_meta(run_dir: str | Path) -> dict:
-    return read_json(Path(run_dir) / OUTPUTS["meta"])
+def read_meta(run_dir: str | Path) -> ScoresMeta:
+    return ScoresMeta.model_validate(read_json(Path(run_dir) / SCORES_META))

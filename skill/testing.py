@@ -198,4 +198,32 @@ def write_toy_scored_run(
             "warnings": [],
         },
     )
+    record_stages(run_dir, "mine", "score")
     return run_dir
+
+
+def record_stages(run_dir: str | Path, *stages: str) -> None:
+    """Record `stages` as `ok` over those of their files that exist in `run_dir`, as if they had written them.
+
+    For tests and benchmarks that build a run folder by hand (or cut a real one down): later stages check
+    their inputs against these records (`skill.manifest.Run.require`). A stage's recorded inputs are the
+    artifacts of the stages before it, so the records form one consistent chain. Call it again after
+    changing a file by hand.
+    """
+    from skill.manifest import Run, content_hash
+    from skill.runfolder import ARTIFACTS, STAGE_OUTPUTS, StageRecord
+
+    run = Run(run_dir)
+    order = ["mine", "score", "render", "train", "evaluate"]
+    for stage in stages:
+        outputs = {k: v for k, v in STAGE_OUTPUTS[stage].items() if run.file(v).exists()}
+        before = [a for a in ARTIFACTS.values() if order.index(a.stage) < order.index(stage) and run.file(a.name).exists()]
+        record = StageRecord(
+            status="ok",
+            config={"recorded_by": "skill.testing.record_stages"},
+            inputs={a.key: str(run.file(a.name).resolve()) for a in before},
+            input_hashes={a.key: content_hash(run.file(a.name)) for a in before},
+            outputs=outputs,
+            output_hashes={k: content_hash(run.file(v)) for k, v in outputs.items()},
+        )
+        run.write_record(stage, record)

@@ -29,6 +29,7 @@ from conftest import CLI, REPO
 
 from skill.config import DataConfig, EvaluateConfig, MineConfig, ScoreConfig, TeacherSpec, TrainConfig
 from skill.errors import ExitCode, SkillError
+from skill.testing import record_stages
 
 TOKEN = "hf_ReLiAbIlItYsEcReT9876543210fedcba"
 SCORE_FLAGS = ["--chunk-size", "8", "--batch-size", "4", "--max-length", "128"]
@@ -86,6 +87,7 @@ def mined(stdlib_domain, tmp_path_factory) -> Path:
     shutil.copytree(base / "full", dest, ignore=shutil.ignore_patterns("*.parquet", "cache"))
     for name in ("train_pairs.parquet", "heldout_candidates.parquet"):
         pq.write_table(pq.read_table(base / "full" / name).slice(0, 80), dest / name)
+    record_stages(dest, "mine")  # the cut tables, recorded as mine's outputs
     return dest
 
 
@@ -282,6 +284,7 @@ def eval_run(toy_scored_run, tiny_reranker, tmp_path_factory) -> Path:
     pq.write_table(table.filter(pc.is_in(table.column("query_id"), pa.array(keep))), run / "heldout_candidates.parquet")
     qrels = json.loads((run / "qrels_heldout.json").read_text())
     (run / "qrels_heldout.json").write_text(json.dumps({q: qrels[q] for q in keep}))
+    record_stages(run, "mine", "score", "train")  # the cut files and the student, recorded as their stages' outputs
     return run
 
 
