@@ -425,9 +425,12 @@ def export_model(
     except ImportError:
         raise prerequisite("ONNX export needs onnx and onnxruntime", fix='pip install "reranker-skill[onnx]"') from None
 
+    ps = parity_from_run(run, max_queries=queries, depth=depth) if run is not None else builtin_parity(max_queries=min(queries, 16), depth=min(depth, 10))
+    if len(ps.pairs) == 0:
+        raise invalid("no parity pairs", where=ps.source, fix="check the held-out candidates")
     stage = None
     config = {"format": fmt, "quantize": quantize, "out": str(out.resolve()), "queries": queries, "depth": depth, "tolerances": asdict(tolerances)}
-    if run_obj is not None:
+    if run_obj is not None:  # the parity pairs (and the default model) come from finished, unchanged stages
         run_obj.require(["heldout_candidates", "qrels_heldout", *(["student"] if model_from_run else [])], needed_by="export")
         stage = Stage(run_obj, "export", config=config, inputs={"model": model, "heldout_candidates": run_obj.file(HELDOUT_CANDIDATES), "qrels_heldout": run_obj.file(QRELS_HELDOUT)})
         skipped = stage.skip(
@@ -440,10 +443,6 @@ def export_model(
         )
         if skipped is not None:
             return skipped
-
-    ps = parity_from_run(run, max_queries=queries, depth=depth) if run is not None else builtin_parity(max_queries=min(queries, 16), depth=min(depth, 10))
-    if len(ps.pairs) == 0:
-        raise invalid("no parity pairs", where=ps.source, fix="check the held-out candidates")
 
     with _quiet():
         original = _load_original(model)

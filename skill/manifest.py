@@ -88,7 +88,7 @@ def _recorded_path(value: str | Path | None) -> str | None:
 
 def _error_line(exc: BaseException) -> str:
     if isinstance(exc, SkillError):
-        return exc.line()
+        return f"{exc.where}: {exc.message}" if exc.where else exc.message
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     text = str(exc).splitlines()[0][:300] if str(exc) else ""

@@ -373,6 +373,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
     shard = parse_shard(config.shard)
     source_warnings = run.require(["split", "train_pairs", "heldout_candidates"], needed_by="score", sources=True)
     train_path, held_path = run.file(TRAIN_PAIRS), run.file(HELDOUT_CANDIDATES)
+    _check_no_heldout_in_training(run)
 
     from skill.teacher import model_identity
 
@@ -391,7 +392,6 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         load_teacher(spec, max_length=config.max_length, device=config.device, dtype=config.dtype) for spec in config.teachers
     ]
     train, held = read_parquet(train_path), read_parquet(held_path)
-    _check_no_heldout_in_training(run, train)
     pairs = collect_pairs(train, held)
     rows_train, rows_held = train.num_rows, held.num_rows
 
@@ -407,10 +407,12 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         return _label_and_publish(run, stage, tx, transaction, config, teachers, looked_up, train, held, pairs, metrics, warnings, shard=shard, merge_only=merge_only)
 
 
-def _check_no_heldout_in_training(run: Run, train) -> None:
+def _check_no_heldout_in_training(run: Run) -> None:
     """The held-out split never reaches the teacher's training labels (a last guard behind the manifest checks)."""
+    import pyarrow.parquet as pq
+
     split = Split.model_validate(read_json(run.file(SPLIT)))
-    leaked = set(train.column("query_id").to_pylist()) & set(split.heldout)
+    leaked = set(pq.read_table(run.file(TRAIN_PAIRS), columns=["query_id"]).column("query_id").to_pylist()) & set(split.heldout)
     if leaked:
         raise invalid(
             f"{len(leaked)} held-out queries of {SPLIT} are in {TRAIN_PAIRS} (first: {sorted(leaked)[0]!r})",
