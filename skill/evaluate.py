@@ -413,7 +413,11 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     """Evaluate the run's student (and every other system) on the held-out queries; write the report."""
     cfg = cfg or EvaluateConfig()
     run = Run(run_dir)
+    scored = run.stage("score")
+    if scored is not None and scored.status != "ok":
+        run.require(["heldout_scores"], needed_by="evaluate")  # `score` killed or failed: refused before anything is read
     ho = load_heldout(run)
+    heldout_key = "heldout_scores" if scored is not None and "heldout_scores" in scored.outputs else _heldout_key(ho)
     student = cfg.student or str(run.file(STUDENT))
     if not Path(student).expanduser().exists() and _looks_like_path(student):
         raise missing(
@@ -424,7 +428,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     check_reranker(student, "student")
     models = [check_reranker(m, "model") for m in cfg.models]
     # The held-out table, its qrels and (unless --student names another) the student come from finished, unchanged stages.
-    run.require([_heldout_key(ho), "qrels_heldout", *(["student"] if cfg.student is None else [])], needed_by="evaluate")
+    run.require([heldout_key, "qrels_heldout", *(["student"] if cfg.student is None else [])], needed_by="evaluate")
     render_cfg = _render_base(run)
     base = None if cfg.skip_base else cfg.base or render_cfg.base
     hashed = cfg.model_dump(mode="json", exclude={"fail_on"})

@@ -178,8 +178,6 @@ class Run:
             art = ARTIFACTS[key]
             record = self._usable(manifest, art.stage, needed_by=needed_by, wanted=art.name)
             path = self.file(art.name)
-            if not path.exists():
-                raise missing(f"{art.name} is missing although `{art.stage}` recorded it", where=str(path), fix=f"rerun `{self.rerun(art.stage)}`")
             recorded = record.output_hashes.get(key)
             if recorded is None:
                 raise invalid(
@@ -187,6 +185,8 @@ class Run:
                     where=str(self.manifest_path),
                     fix=f"rerun `{self.rerun(art.stage)}`",
                 )
+            if not path.exists():
+                raise missing(f"{art.name} is missing although `{art.stage}` recorded it", where=str(path), fix=f"rerun `{self.rerun(art.stage)}`")
             if content_hash(path) != recorded:
                 raise invalid(
                     f"{art.name} changed after `{art.stage}` wrote it",
