@@ -134,6 +134,7 @@ def write_toy_scored_run(
 
     import pyarrow as pa
 
+    from skill import runfolder as rf
     from skill.data import load_dataset, split_queries
     from skill.io import write_json, write_parquet
 
@@ -180,17 +181,17 @@ def write_toy_scored_run(
         return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in cols.items()})
 
     train = rows(split.train, train_top_k, add_positives=True, teacher=True)
-    write_parquet(run_dir / "train_pairs.parquet", table({k: v for k, v in train.items() if k != "label"}))
-    write_parquet(run_dir / "scores.parquet", table(train))
-    write_parquet(run_dir / "heldout_candidates.parquet", table(rows(split.heldout, eval_top_k, add_positives=False, teacher=False)))
-    write_json(run_dir / "qrels_heldout.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.heldout})
+    write_parquet(run_dir / rf.TRAIN_PAIRS, table({k: v for k, v in train.items() if k != "label"}))
+    write_parquet(run_dir / rf.SCORES, table(train))
+    write_parquet(run_dir / rf.HELDOUT_CANDIDATES, table(rows(split.heldout, eval_top_k, add_positives=False, teacher=False)))
+    write_json(run_dir / rf.QRELS_HELDOUT, {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.heldout})
     if split.dev:
-        write_parquet(run_dir / "dev_candidates.parquet", table(rows(split.dev, eval_top_k, add_positives=False, teacher=False)))
-        write_json(run_dir / "qrels_dev.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.dev})
-    write_json(run_dir / "split.json", split.model_dump())
+        write_parquet(run_dir / rf.DEV_CANDIDATES, table(rows(split.dev, eval_top_k, add_positives=False, teacher=False)))
+        write_json(run_dir / rf.QRELS_DEV, {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.dev})
+    write_json(run_dir / rf.SPLIT, split.model_dump())
     labels = train["label"]
     write_json(
-        run_dir / "scores.meta.json",
+        run_dir / rf.SCORES_META,
         {
             "teachers": [{"id": "toy-lexical-teacher", "type": "file", "revision": None, "weight": 1.0}],
             "score_space": "raw_logit",

@@ -34,7 +34,7 @@ from conftest import REPO
 from skill.config import DataConfig, EvaluateConfig, MineConfig, ScoreConfig, TeacherSpec, TrainConfig
 from skill.errors import ExitCode, SkillError
 
-KILLER = r'''
+KILLER = r"""
 import os, signal
 
 _log = os.environ.get("RS_BOUNDARY_LOG")
@@ -57,7 +57,7 @@ if _log:
 
     os.replace = _wrap(os.replace)
     os.rename = _wrap(os.rename)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,12 @@ def run_killed(killer: Path, args: list, *, at: int, log: Path, cwd: Path = REPO
     Returns the exit status (-9 when killed) and the boundaries it crossed (`replace DEST` lines).
     """
     log.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(killer), str(REPO), os.environ.get("PYTHONPATH", "")]), "RS_BOUNDARY_LOG": str(log), "RS_KILL_AT": str(at)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(killer), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "RS_BOUNDARY_LOG": str(log),
+        "RS_KILL_AT": str(at),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "skill", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True
     )
@@ -178,7 +183,11 @@ def base_run(tiny, tmp_path_factory) -> Path:
     from skill.score import score
 
     run = tmp_path_factory.mktemp("base") / "run"
-    mine(run, DataConfig(corpus=tiny["corpus"], queries=tiny["queries"], qrels=tiny["qrels"]), MineConfig(retriever="bm25", train_top_k=4, eval_top_k=4, dev_queries=2, seed=12))
+    mine(
+        run,
+        DataConfig(corpus=tiny["corpus"], queries=tiny["queries"], qrels=tiny["qrels"]),
+        MineConfig(retriever="bm25", train_top_k=4, eval_top_k=4, dev_queries=2, seed=12),
+    )
     score(run, score_cfg(tiny["teachers"]["A"]))
     return run
 
@@ -352,7 +361,10 @@ def test_kill_train_at_a_seeded_boundary(cli, killer, trained, tiny_base, tiny_r
         assert err.value.code in (ExitCode.MISSING_RESOURCE, ExitCode.INVALID_INPUT) and "reranker-skill train --run" in err.value.fix, err.value.line()
     follow_fix(cli, err.value, run, {})
     assert record(run, "train")["status"] == "ok"
-    assert evaluate(run, EvaluateConfig(resamples=100, skip_base=True)).exit_code in (ExitCode.OK, ExitCode.RUNTIME_FAILURE)  # a collapsed tiny student is exit 6, still evaluated
+    assert evaluate(run, EvaluateConfig(resamples=100, skip_base=True)).exit_code in (
+        ExitCode.OK,
+        ExitCode.RUNTIME_FAILURE,
+    )  # a collapsed tiny student is exit 6, still evaluated
     assert record(run, "evaluate")["status"] == "ok"
 
 
@@ -401,7 +413,9 @@ def test_kill_export_at_a_seeded_boundary(killer, trained, tiny_reranker, tmp_pa
     old = _digest(out / "parity.json")
     model_digest = _digest(model)
     at = random.Random(seed).randint(1, 3)  # running, parity.json, (the folder swapped in atomically), ok
-    code, crossed = run_killed(killer, ["export", "--model", model, "--run", run, "--out", out, "--queries", "5", "--depth", "5", "--force"], at=at, log=tmp_path / "log")
+    code, crossed = run_killed(
+        killer, ["export", "--model", model, "--run", run, "--out", out, "--queries", "5", "--depth", "5", "--force"], at=at, log=tmp_path / "log"
+    )
     assert _digest(model) == model_digest
     export_record = record(run, "export")
     parity = json.loads((out / "parity.json").read_text()) if (out / "parity.json").exists() else None
