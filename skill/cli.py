@@ -80,6 +80,20 @@ def cli() -> None:
     """
 
 
+class _RunFolder(click.Path):
+    """A run folder: any path but an empty one (`--run ""` would mean the current folder, and overwrite its files)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            exc = click.BadParameter("the run folder is empty — fix: name a run folder, e.g. --run runs/NAME", ctx=ctx, param=param)
+            exc.fix = "name a run folder, e.g. --run runs/NAME"  # type: ignore[attr-defined]
+            raise exc
+        return super().convert(value, param, ctx)
+
+
+RUN_FOLDER = _RunFolder(path_type=Path)
+
+
 def _option_error(exc: ValueError) -> str:
     """`--flag: what is wrong` from a pydantic ValidationError (its last line is only a documentation link)."""
     errors = getattr(exc, "errors", None)
@@ -144,7 +158,7 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 
 
 @envelope_command("mine")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="Run folder (created if missing).")
+@click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="Run folder (created if missing).")
 @click.option("--corpus", type=click.Path(path_type=Path), required=True, help="Corpus file or datasets folder.")
 @click.option("--queries", type=click.Path(path_type=Path), required=True, help="Queries file.")
 @click.option("--qrels", type=click.Path(path_type=Path), help="Relevance labels (needed for the false-negative guard and evaluation).")
@@ -189,7 +203,7 @@ def mine_cmd(
 
 
 @envelope_command("score")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="Run folder that `mine` wrote.")
+@click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="Run folder that `mine` wrote.")
 @click.option("--teacher", "teachers", multiple=True, required=True, help="Teacher: hub id, local model folder, or a scores file. Repeat for an ensemble.")
 @click.option("--teacher-type", "teacher_types", multiple=True, type=click.Choice(["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]), help="One per --teacher (or one for all). Default auto.")
 @click.option("--weight", "weights", multiple=True, type=click.FloatRange(min=0, min_open=True), help="Ensemble weight, one per --teacher (default 1).")
@@ -278,7 +292,7 @@ def _train_config(overrides: dict):
 
 
 @envelope_command("render")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="The run folder (runs/NAME).")
+@click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="The run folder (runs/NAME).")
 @train_options
 @click.option("--force", is_flag=True, help="Overwrite a train.py that was edited by hand.")
 def render_cmd(run_dir: Path, force: bool, **overrides) -> Result:
@@ -290,7 +304,7 @@ def render_cmd(run_dir: Path, force: bool, **overrides) -> Result:
 
 
 @envelope_command("train")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="The run folder (runs/NAME).")
+@click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="The run folder (runs/NAME).")
 @train_options
 @click.option("--smoke", is_flag=True, help="One training step end to end (outputs under runs/NAME/smoke/).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint after an interruption.")
@@ -308,7 +322,7 @@ def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per
 
 
 @envelope_command("evaluate")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="The run folder (held-out candidates, qrels, student/).")
+@click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="The run folder (held-out candidates, qrels, student/).")
 @click.option("--model", "models", multiple=True, metavar="PATH", help="An extra reranker to show side by side (folder or hub id). Repeatable.")
 @click.option("--student", metavar="PATH", help="The student to judge (default: RUN/student).")
 @click.option("--base", metavar="PATH", help="The base before training (default: the base recorded by render).")
@@ -340,7 +354,7 @@ def evaluate_cmd(run_dir: Path, models: tuple[str, ...], student, base, skip_bas
 @click.option("--model", type=click.Path(path_type=Path), help="The reranker folder to export (default: RUN/student).")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="Export format.")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also write a dynamic int8 model (onnx/model_qint8_quantized.onnx).")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Run folder: parity on its held-out candidates; output under RUN/export/.")
+@click.option("--run", "run_dir", type=RUN_FOLDER, help="Run folder: parity on its held-out candidates; output under RUN/export/.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: RUN/export/onnx or onnx-int8).")
 @click.option("--queries", type=click.IntRange(min=1), default=None, help="Held-out queries scored for parity (default 32).")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="Candidates per query scored for parity (default 30).")
@@ -380,7 +394,7 @@ def run_cmd(recipe: Path, overrides: tuple[str, ...], force: bool) -> Result:
 
 
 @envelope_command("quickstart")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")
+@click.option("--run", "run_dir", type=RUN_FOLDER, default=Path("runs/quickstart"), show_default=True, help="Run folder.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the quickstart recipe. Repeatable.")
 @click.option("--max-queries", type=click.IntRange(min=20), default=1600, show_default=True, help="Cap on the embedded domain's queries (it has ~1,400).")
 @click.option("--force", is_flag=True, help="Redo every stage even if up to date.")
@@ -429,7 +443,7 @@ def main() -> None:
     except click.ClickException as exc:
         command = sys.argv[1] if len(sys.argv) > 1 else ""
         if "--json" in sys.argv:
-            err = SkillError(exc.format_message(), code=ExitCode.USAGE, fix=f"see `reranker-skill {command} --help`")
+            err = SkillError(exc.format_message(), code=ExitCode.USAGE, fix=getattr(exc, "fix", None) or f"see `reranker-skill {command} --help`")
             click.echo(to_json(command, error_result(err)))
         else:
             exc.show()

@@ -184,6 +184,13 @@ class RunConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
 
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run_named(cls, value):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError("the run folder is empty: name one, e.g. runs/NAME (an empty path would write into the current folder)")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         order = ["mine", "score", "render", "train", "evaluate", "export"]

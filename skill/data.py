@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.runfolder import Split  # split.json's model; split_queries below produces it
 
 Kind = Literal["corpus", "queries", "qrels", "pairs"]
 Severity = Literal["error", "mapping", "labels", "warning"]  # labels: valid data that the workflow cannot train/evaluate on
@@ -1030,20 +1031,6 @@ def load_dataset(corpus, queries, qrels=None, *, mapping: ColumnMapping | None =
 
 def normalise_query(text: str) -> str:
     return " ".join(text.lower().split())
-
-
-class Split(BaseModel):
-    """Train / dev / held-out query ids, seeded and recorded in the run folder.
-
-    `dev` queries come out of the training side: never trained on, they choose the checkpoint and the
-    fusion weight, so the held-out queries stay untouched until `evaluate`.
-    """
-
-    seed: int
-    heldout_fraction: float | None
-    train: list[str]
-    heldout: list[str]
-    dev: list[str] = []
 
 
 def split_queries(

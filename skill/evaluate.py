@@ -25,9 +25,23 @@ from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import read_json, read_parquet, write_json
 from skill.loading import PACKAGED_PREFIX, load_cross_encoder, looks_like_hub_id, resolve_packaged
 from skill.manifest import Run, Stage
+from skill.runfolder import (
+    FUSION,
+    HELDOUT_CANDIDATES,
+    HELDOUT_SCORES,
+    QRELS_HELDOUT,
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PNG,
+    SCORES_META,
+    STUDENT,
+    Fusion,
+    RenderSettings,
+    ScoreSettings,
+    ScoresMeta,
+)
 
-REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
-FUSION_FILE = "fusion.json"  # written by train.py next to the student's weights
+FUSION_FILE = FUSION  # written by train.py next to the student's weights
 FUSED = "student + first stage (fused)"
 REQUIRED_COLUMNS = ("query_id", "doc_id", "query", "document", "rank")
 NANOBEIR_SKIPPED_OFFLINE = "NanoBEIR general-domain check skipped: the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1)"
@@ -58,7 +72,7 @@ class HeldOut:
 def load_heldout(run: Run) -> HeldOut:
     if not run.path.is_dir():
         raise missing("run folder not found", where=str(run.path), fix="pass the folder `mine` wrote (--run runs/NAME)")
-    scored, candidates = run.file("heldout_scores.parquet"), run.file("heldout_candidates.parquet")
+    scored, candidates = run.file(HELDOUT_SCORES), run.file(HELDOUT_CANDIDATES)
     path = scored if scored.exists() else candidates
     if not path.exists():
         raise missing(
@@ -66,7 +80,7 @@ def load_heldout(run: Run) -> HeldOut:
             where=str(run.path),
             fix=f"run `reranker-skill mine --run {run.path} ...` first: it holds out queries and writes their candidates",
         )
-    qrels_path = run.file("qrels_heldout.json")
+    qrels_path = run.file(QRELS_HELDOUT)
     if not qrels_path.exists():
         raise missing("no held-out relevance labels (qrels_heldout.json)", where=str(run.path), fix=f"rerun `reranker-skill mine --run {run.path} --force` with --qrels")
     try:
@@ -228,15 +242,12 @@ class System:
     note: str | None = None
 
 
-def _render_base(run: Run) -> tuple[str | None, dict]:
-    record = run.stage("render") or {}
-    config = record.get("config") or {}
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    base = config.get("base") or train.get("base")
-    return base, {**train, **config}
+def _render_base(run: Run) -> RenderSettings:
+    record = run.stage("render")
+    return record.settings(RenderSettings) if record is not None else RenderSettings()
 
 
-def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> System | None:
+def _base_system(spec: str, render_cfg: RenderSettings, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> System | None:
     """The base before training: itself when it is a reranker; an encoder gets the student's untrained head."""
     if spec.startswith(PACKAGED_PREFIX):
         spec = resolve_packaged(spec)
@@ -250,7 +261,7 @@ def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, 
         if not hub_reachable():
             notes.append(f"base {spec!r} is a hub id and the hub is unreachable: student − base skipped (pass --base FOLDER)")
             return None
-        kind = "reranker" if render_cfg.get("base_kind") == "reranker" else "encoder"
+        kind = "reranker" if render_cfg.base_kind == "reranker" else "encoder"
     else:
         kind = model_kind(path)
     if kind in ("none", "multi-label"):
@@ -262,11 +273,12 @@ def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, 
         else:
             from skill.modeling import build_ettin_reranker
 
-            pooling = render_cfg.get("pooling") or ("mean" if kind == "bi-encoder" else "cls")
-            max_len = cfg.max_length or render_cfg.get("max_seq_length") or 512
-            model = build_ettin_reranker(spec, max_seq_length=int(max_len), pooling=pooling, head=render_cfg.get("head") or "ettin", seed=int(render_cfg.get("seed") or 12), device=cfg.device)
+            pooling = render_cfg.pooling or ("mean" if kind == "bi-encoder" else "cls")
+            max_len = cfg.max_length or render_cfg.max_seq_length or 512
+            seed = render_cfg.seed if render_cfg.seed is not None else 12
+            model = build_ettin_reranker(spec, max_seq_length=int(max_len), pooling=pooling, head=render_cfg.head or "ettin", seed=seed, device=cfg.device)
             label = "base (untrained head)"
-            notes.append(f"base {spec} is an encoder: it was scored with the student's head freshly initialised (seed {int(render_cfg.get('seed') or 12)}), i.e. chance level — student − base shows what training learned")
+            notes.append(f"base {spec} is an encoder: it was scored with the student's head freshly initialised (seed {seed}), i.e. chance level — student − base shows what training learned")
     except SkillError as err:
         notes.append(f"base {spec!r} could not be loaded ({err.message}): student − base skipped")
         return None
@@ -280,19 +292,19 @@ def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, 
 
 def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> dict | None:
     """Load the teacher(s) as `score` did (skill.teacher) and time them on the same held-out pairs."""
-    meta_path = run.file("scores.meta.json")
+    meta_path = run.file(SCORES_META)
     if not meta_path.exists():
         notes.append("--teacher: no scores.meta.json (run `score` first): teacher cost not measured")
         return None
-    teachers = read_json(meta_path).get("teachers") or []
+    teachers = ScoresMeta.model_validate(read_json(meta_path)).teachers
     if not teachers:
         notes.append("--teacher: scores.meta.json lists no teachers: teacher cost not measured")
         return None
     from skill.config import TeacherSpec
     from skill.teacher import load_teacher
 
-    score_cfg = (run.stage("score") or {}).get("config") or {}
-    max_length = int(score_cfg.get("max_length") or 512)
+    score_record = run.stage("score")
+    max_length = score_record.settings(ScoreSettings).max_length if score_record is not None else 512
     latencies: np.ndarray | None = None
     sizes, params, devices, ids = [], [], [], []
     for t in teachers:
@@ -362,23 +374,28 @@ def _fused_system(student: str, scores: np.ndarray, ho: HeldOut, notes: list[str
     if not path.is_file():
         return None
     try:
-        fusion = read_json(path)
-        alpha = float(fusion["alpha"])
-    except (ValueError, KeyError, TypeError):
-        notes.append(f"{path} is not a fusion file with an alpha: the fused system is skipped")
+        fusion = Fusion.model_validate(read_json(path))
+    except ValueError:  # broken JSON, or no alpha in [0, 1]
+        notes.append(f"{path} is not a fusion file with an alpha in [0, 1]: the fused system is skipped")
         return None
-    if not 0 <= alpha <= 1 or ho.first_stage is None or not np.isfinite(ho.first_stage).all():
-        notes.append(f"fused system skipped: {'alpha outside [0, 1]' if not 0 <= alpha <= 1 else 'the held-out candidates have no finite first_stage_score'}")
+    alpha = fusion.alpha
+    if ho.first_stage is None or not np.isfinite(ho.first_stage).all():
+        notes.append("fused system skipped: the held-out candidates have no finite first_stage_score")
         return None
-    chosen_on, split = fusion.get("chosen_on"), fusion.get("split", "dev")
+    chosen_on, split = fusion.chosen_on, fusion.split
     source = f"{alpha:g}·z(student) + {1 - alpha:g}·z(first stage), alpha from {FUSION_FILE}" + (f" (chosen on {chosen_on} {split} queries)" if chosen_on else "")
     if split != "dev":
         notes.append(f"the fusion weight was chosen on {split} queries, not dev ones: the fused system's held-out numbers are optimistic")
     return System(FUSED, "fused", source, M.fuse(scores, ho.first_stage, ho.groups, alpha))
 
 
+def _heldout_key(ho: HeldOut) -> str:
+    """The artifact key of the held-out table evaluate reads: the teacher-scored one when `score` wrote it."""
+    return "heldout_scores" if ho.path.name == HELDOUT_SCORES else "heldout_candidates"
+
+
 def _stage_inputs(run: Run, ho: HeldOut, student: str, base: str | None, models: list[str]) -> dict[str, str | Path | None]:
-    inputs: dict[str, str | Path | None] = {"heldout": ho.path, "qrels": run.file("qrels_heldout.json"), "student": student if Path(student).exists() else None}
+    inputs: dict[str, str | Path | None] = {_heldout_key(ho): ho.path, "qrels_heldout": run.file(QRELS_HELDOUT), "student": student if Path(student).exists() else None}
     if base:
         inputs["base"] = base if Path(base).exists() else None
     for i, m in enumerate(models):
@@ -390,8 +407,12 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     """Evaluate the run's student (and every other system) on the held-out queries; write the report."""
     cfg = cfg or EvaluateConfig()
     run = Run(run_dir)
+    scored = run.stage("score")
+    if scored is not None and scored.status != "ok":
+        run.require(["heldout_scores"], needed_by="evaluate")  # `score` killed or failed: refused before anything is read
     ho = load_heldout(run)
-    student = cfg.student or str(run.file("student"))
+    heldout_key = "heldout_scores" if scored is not None and "heldout_scores" in scored.outputs else _heldout_key(ho)
+    student = cfg.student or str(run.file(STUDENT))
     if student.startswith(PACKAGED_PREFIX):
         student = resolve_packaged(student)
     if not Path(student).expanduser().exists() and _looks_like_path(student):
@@ -402,14 +423,15 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
         )
     check_reranker(student, "student")
     models = [check_reranker(m, "model") for m in cfg.models]
-    base_recorded, render_cfg = _render_base(run)
-    base = None if cfg.skip_base else cfg.base or base_recorded
+    # The held-out table, its qrels and (unless --student names another) the student come from finished, unchanged stages.
+    run.require([heldout_key, "qrels_heldout", *(["student"] if cfg.student is None else [])], needed_by="evaluate")
+    render_cfg = _render_base(run)
+    base = None if cfg.skip_base else cfg.base or render_cfg.base
     hashed = cfg.model_dump(mode="json", exclude={"fail_on"})
     hashed["student"], hashed["base"] = student, base
     stage = Stage(run, "evaluate", config=hashed, inputs=_stage_inputs(run, ho, student, base, models))
-    if not force and stage.fresh() and run.file(REPORT_JSON).exists():
-        report = read_json(run.file(REPORT_JSON))
-        return _result(run, report, cfg, skipped=True)
+    if (done := stage.skip(force=force, result=lambda prev: _result(run, read_json(run.file(REPORT_JSON)), cfg, skipped=True))) is not None:
+        return done
 
     notes: list[str] = []
     systems: list[System] = [System("first stage", "first_stage", "heldout candidates (rank order)", -ho.ranks.astype(np.float64))]
@@ -447,16 +469,15 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
         systems.append(System(name, "model", spec, sc.scores, cost_summary(sc.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(spec), parameters=sc.parameters, device=sc.device, batch_size=cfg.batch_size)))
     nanobeir = _nanobeir(systems, cfg, notes) if cfg.nanobeir else {"skipped": "not requested (--nanobeir)"}
 
-    with stage.running():
+    with stage.transaction() as tx:
         report = build_report(run, ho, systems, cfg, notes, nanobeir)
-        write_json(run.file(REPORT_JSON), report)
+        write_json(tx.path("report_json"), report)
         from skill.report import write_markdown, write_png
 
-        write_markdown(run.file(REPORT_MD), report)
+        write_markdown(tx.path("report_md"), report)
         student_sys = next(s for s in systems if s.kind == "student")
-        write_png(run.file(REPORT_PNG), report, teacher=ho.teacher, student=student_sys.scores)
-        stage.outputs.update({"report_json": REPORT_JSON, "report_md": REPORT_MD, "report_png": REPORT_PNG})
-        stage.metrics.update(report["summary"])
+        write_png(tx.path("report_png"), report, teacher=ho.teacher, student=student_sys.scores)
+        tx.metrics.update(report["summary"])
     return _result(run, report, cfg, skipped=False)
 
 
@@ -658,7 +679,7 @@ def _result(run: Run, report: dict, cfg: EvaluateConfig, *, skipped: bool) -> Re
             SkillError(
                 f"the student collapsed: {report['collapse']['detail']} — its scores barely vary within a query ({report['collapse']['rule']})",
                 code=ExitCode.RUNTIME_FAILURE,
-                where=str(run.file("student")),
+                where=str(run.file(STUDENT)),
                 fix="check the student is trained on raw teacher scores with Identity activation; lower the learning rate or raise the head's (--head-lr-multiplier); try mean pooling from a bi-encoder base; train longer",
             ).as_dict()
         )

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -29,8 +28,9 @@ from typing import Any, Literal
 
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing, prerequisite
-from skill.io import read_json, swap_in, write_json
+from skill.io import make_temp_dir, read_json, swap_in, write_json
 from skill.onnx import ONNX_FILE, onnx_unsupported, trace_onnx, use_graph
+from skill.runfolder import EXPORT, HELDOUT_CANDIDATES, QRELS_HELDOUT, STUDENT
 
 __all__ = ["INT8_FILE", "ONNX_FILE", "Tolerances", "check_reranker_folder", "export_model", "trace_onnx"]
 
@@ -155,7 +155,7 @@ class ParitySet:
 def parity_from_run(run_path: Path, *, max_queries: int, depth: int) -> ParitySet:
     from skill.io import read_parquet
 
-    path = run_path / "heldout_candidates.parquet"
+    path = run_path / HELDOUT_CANDIDATES
     if not path.exists():
         raise missing("the run has no held-out candidates to check parity on", where=str(path), fix=f"run `reranker-skill mine --run {run_path} ...` first, or omit --run to use the built-in sample")
     try:
@@ -172,7 +172,7 @@ def parity_from_run(run_path: Path, *, max_queries: int, depth: int) -> ParitySe
     if not chosen:
         raise invalid("held-out candidates are empty", where=str(path), fix="rerun `mine` with more held-out queries")
     qrels: dict[str, dict[str, float]] = {}
-    qrels_path = run_path / "qrels_heldout.json"
+    qrels_path = run_path / QRELS_HELDOUT
     if qrels_path.exists():
         qrels = {str(q): {str(d): float(g) for d, g in docs.items()} for q, docs in read_json(qrels_path).items()}
     else:
@@ -309,54 +309,78 @@ def export_model(
 
     if fmt != "onnx":
         raise invalid(f"unknown format {fmt!r}", fix="use --format onnx")
+    run_obj = Run(run) if run is not None else None
+    model_from_run = model is None
     if model is None:
         if run is None:
             raise SkillError("give --model PATH (or --run runs/NAME to export its student/)", code=ExitCode.USAGE, fix="reranker-skill export --model runs/NAME/student --out DIR")
-        model = run / "student"
+        model = run / STUDENT
     if out is None:
         if run is None:
             raise SkillError("give --out DIR (or --run runs/NAME to write into its export/ folder)", code=ExitCode.USAGE, fix="reranker-skill export --model PATH --out exported/")
-        out = run / "export" / ("onnx-int8" if quantize else "onnx")
+        out = run / EXPORT / ("onnx-int8" if quantize else "onnx")
     from skill.loading import PACKAGED_PREFIX, resolve_packaged
 
     model, out = Path(resolve_packaged(str(model)) if str(model).startswith(PACKAGED_PREFIX) else model), Path(out)
     kind = check_reranker_folder(model)
-    if out.resolve() == model.resolve() or model.resolve() in out.resolve().parents:
-        raise invalid("--out must not be inside the model folder", where=str(out), fix="choose an --out outside the model folder")
-    if out.exists() and not (out.is_dir() and (_is_ours(out) or not any(out.iterdir()))):
-        raise invalid("--out exists and is not an earlier export", where=str(out), fix="choose another --out, or remove that folder yourself")
+    _check_out(model, out)
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         raise prerequisite("ONNX export needs onnx and onnxruntime", fix='pip install "reranker-skill[onnx]"') from None
 
-    stage = None
-    config = {"format": fmt, "quantize": quantize, "out": str(out), "queries": queries, "depth": depth, "tolerances": asdict(tolerances)}
-    if run is not None:
-        run_obj = Run(run)
-        stage = Stage(
-            run_obj,
-            "export",
-            config=config,
-            inputs={"model": model, "heldout_candidates": run / "heldout_candidates.parquet", "qrels": run / "qrels_heldout.json"},
-        )
-        if not force and stage.fresh() and _is_ours(out):
-            prev = stage.previous or {}
-            return Result(
-                artifacts={"export": str(out), "parity": str(out / MARKER)},
-                metrics={**prev.get("metrics", {}), "skipped": True},
-                text=f"export is up to date (unchanged model and config): {out}  — rerun with --force to redo",
-            )
-
     ps = parity_from_run(run, max_queries=queries, depth=depth) if run is not None else builtin_parity(max_queries=min(queries, 16), depth=min(depth, 10))
     if len(ps.pairs) == 0:
         raise invalid("no parity pairs", where=ps.source, fix="check the held-out candidates")
+    stage = None
+    config = {"format": fmt, "quantize": quantize, "out": str(out.resolve()), "queries": queries, "depth": depth, "tolerances": asdict(tolerances)}
+    if run_obj is not None:  # the parity pairs (and the default model) come from finished, unchanged stages
+        run_obj.require(["heldout_candidates", "qrels_heldout", *(["student"] if model_from_run else [])], needed_by="export")
+        stage = Stage(run_obj, "export", config=config, inputs={"model": model, "heldout_candidates": run_obj.file(HELDOUT_CANDIDATES), "qrels_heldout": run_obj.file(QRELS_HELDOUT)})
+        skipped = stage.skip(
+            force=force,
+            result=lambda prev: Result(
+                artifacts={"export": str(out), "parity": str(out / MARKER)},
+                metrics={**prev.metrics, "skipped": True},
+                text=f"export is up to date (unchanged model and config): {out}  — rerun with --force to redo",
+            ),
+        )
+        if skipped is not None:
+            return skipped
 
     with _quiet():
         original = _load_original(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # The record says `running` from here: a kill while the new folder is swapped in leaves no `ok` over it.
+    with stage.transaction() if stage is not None else contextlib.nullcontext() as tx:
+        result = _build_and_publish(original, model, kind, out, ps, fmt=fmt, quantize=quantize, batch_size=batch_size, tolerances=tolerances)
+        if tx is not None:
+            if result.exit_code != ExitCode.OK:
+                tx.fail(result.errors[0]["message"])
+            else:
+                tx.adopt("export", _rel(out, run))
+                tx.metrics.update(result.metrics)
+    return result
+
+
+def _check_out(model: Path, out: Path) -> None:
+    """--out may replace an earlier export or an empty folder, never one holding (or held by) the model it exports."""
+    m, o = model.resolve(), out.resolve()
+    if o == m or m in o.parents:
+        raise invalid("--out must not be inside the model folder", where=str(out), fix="choose an --out outside the model folder")
+    if o in m.parents:
+        raise invalid(
+            "--out contains the model being exported: replacing it would delete the model",
+            where=str(out),
+            fix=f"choose an --out that does not contain {model} (e.g. a new folder beside {o.name})",
+        )
+    if out.exists() and not (out.is_dir() and (_is_ours(out) or not any(out.iterdir()))):
+        raise invalid("--out exists and is not an earlier export", where=str(out), fix="choose another --out, or remove that folder yourself")
+
+
+def _build_and_publish(original, model: Path, kind: str, out: Path, ps: ParitySet, *, fmt: str, quantize: str | None, batch_size: int, tolerances: Tolerances) -> Result:
+    """Trace (and quantise) into a temporary folder beside `out`, check parity, and swap it in when fp32 passes."""
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.")
     warnings_out: list[str] = []
     try:
         t0 = time.perf_counter()
@@ -410,9 +434,10 @@ def export_model(
                 where=str(model),
                 fix="nothing was published; serve the torch model and report the model's architecture",
             )
-            return Result(
+            result = Result(
                 metrics=_flat(report), warnings=warnings_out, errors=[err.as_dict()], status="error", exit_code=err.code, text=_text(report, out) + "\nFAILED: " + err.line()
             )
+            return result
         if failures.get("int8"):
             (tmp / INT8_FILE).unlink()
             report["variants"]["int8"]["file"] = None
@@ -425,16 +450,11 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    metrics = _flat(report)
-    result = Result(artifacts={"export": str(out), "parity": str(out / MARKER)}, metrics=metrics, warnings=warnings_out, text=_text(report, out))
+    result = Result(artifacts={"export": str(out), "parity": str(out / MARKER)}, metrics=_flat(report), warnings=warnings_out, text=_text(report, out))
     if failures.get("int8"):
         result.status, result.exit_code = "partial", ExitCode.PARTIAL
         result.errors.append({"code": int(ExitCode.PARTIAL), "message": "; ".join(failures["int8"]), "where": str(out), "fix": "ship the fp32 model.onnx, or keep serving the torch model; the int8 file was not kept"})
         result.text += "\nPARTIAL: " + "; ".join(failures["int8"]) + " — the int8 file was not kept; fp32 passed and is published"
-    elif stage is not None:
-        with stage.running():
-            stage.outputs["export"] = _rel(out, run)
-            stage.metrics.update(metrics)
     return result
 
 

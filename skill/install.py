@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +26,7 @@ from typing import Any, Literal
 from skill import __version__
 from skill.envelope import Result
 from skill.errors import invalid, missing
-from skill.io import swap_in, write_json
+from skill.io import make_temp_dir, swap_in, write_json
 from skill.resources import skill_root
 
 SKILL_NAME = "reranker-skill"
@@ -164,7 +163,7 @@ def install(agent: Agent, *, global_: bool = False, symlink: bool = False, dest:
         write_json(_sidecar(target), record)
         files = [SKILL_NAME]
     else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SKILL_NAME}.", suffix=".tmp", dir=skills_dir))
+        tmp = make_temp_dir(skills_dir, prefix=f".{SKILL_NAME}.")
         try:
             files = _copy_tree(src_root, parts, tmp)
             record["files"] = files

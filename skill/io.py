@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,13 @@ from skill.errors import ExitCode, SkillError
 def swap_in(new: Path, target: Path) -> None:
     """Rename a finished folder, file or link `new` onto `target`; a target already there is moved aside, then removed.
 
-    The caller checks that the target is ours to replace. If the rename fails, the old target is put back.
+    On Linux the two are exchanged in one atomic step (renameat2 RENAME_EXCHANGE), so a kill never leaves
+    `target` missing; elsewhere the old target is renamed aside first, and put back if the second rename fails.
+    The caller checks that the target is ours to replace.
     """
+    if (target.is_symlink() or target.exists()) and _exchange(new, target):
+        _remove_path(new)  # now the old target
+        return
     old = None
     if target.is_symlink() or target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -32,10 +39,32 @@ def swap_in(new: Path, target: Path) -> None:
             os.replace(old, target)
         raise
     if old is not None:
-        if old.is_symlink() or old.is_file():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+        _remove_path(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where the system or filesystem cannot."""
+    if sys.platform != "linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without renameat2 (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -47,9 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp_file(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -70,6 +97,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(path: Path) -> Path:
+    """An empty file `.NAME.XXXXXXXX.tmp` beside `path`, created with mode 0666 less the umask (as open() would)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def make_temp_dir(parent: str | Path, *, prefix: str) -> Path:
+    """A new folder `PREFIXXXXXXXXX.tmp` inside `parent`, mode 0777 less the umask (tempfile.mkdtemp gives 0700)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = parent / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            folder.mkdir(0o777)
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free temporary folder name in {parent}")
 
 
 def _disk_full(folder: Path) -> bool:

@@ -22,22 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from skill.config import DataConfig, MineConfig
-from skill.data import Dataset, Split, load_dataset, split_queries
+from skill.data import Dataset, load_dataset, split_queries
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import atomic_path, hash_obj, write_json, write_parquet
 from skill.loading import load_sentence_transformer, model_identity
 from skill.manifest import Run, Stage
+from skill.runfolder import CACHE, STAGE_OUTPUTS, Split
 
-OUTPUTS = {
-    "split": "split.json",
-    "train_pairs": "train_pairs.parquet",
-    "heldout_candidates": "heldout_candidates.parquet",
-    "qrels_heldout": "qrels_heldout.json",
-    "dev_candidates": "dev_candidates.parquet",
-    "qrels_dev": "qrels_dev.json",
-    "mine": "mine.json",
-}
+OUTPUTS = STAGE_OUTPUTS["mine"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,13 +203,8 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     if config.retriever != "bm25":
         cfg_dump["embedder_identity"] = model_identity(config.embedder)
     stage = Stage(run, "mine", config=cfg_dump, inputs={"corpus": data.corpus, "queries": data.queries, "qrels": data.qrels, "heldout_queries": config.heldout_queries})
-    if not force and stage.fresh():
-        prev = stage.previous or {}
-        return Result(
-            artifacts={k: str(run.file(v)) for k, v in prev.get("outputs", {}).items()},
-            metrics={**prev.get("metrics", {}), "skipped": True},
-            text=f"mine: up to date in {run.path} (use --force to redo)",
-        )
+    if (done := stage.skip(force=force)) is not None:
+        return done
 
     ds: Dataset = load_dataset(data.corpus, data.queries, data.qrels, mapping=data.mapping, max_chars=data.max_doc_chars)
     heldout_ids = _read_heldout_ids(Path(config.heldout_queries)) if config.heldout_queries is not None else None
@@ -235,7 +223,7 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     embedder_used = None
     if config.retriever in ("dense", "hybrid"):
         model = load_sentence_transformer(config.embedder, role="embedder", flag="--embedder")
-        cache_dir = Path(config.cache_dir) if config.cache_dir else run.path / "cache"
+        cache_dir = Path(config.cache_dir) if config.cache_dir else run.file(CACHE)
         doc_emb, cached = embed_corpus(model, config.embedder, doc_ids, doc_texts, cache_dir, config.batch_size)
         query_emb = model.encode_query(query_texts, batch_size=config.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=len(query_texts) > 200).astype(np.float32)
         metrics["embedding_cache"] = "hit" if cached else "miss"
@@ -375,16 +363,15 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     qrels_heldout = {q: dict(labels.get(q, {})) for q in split.heldout}
     qrels_dev = {q: dict(labels.get(q, {})) for q in split.dev}
 
-    with stage.running():
-        write_json(run.file(OUTPUTS["split"]), split.model_dump(mode="json"))
-        write_parquet(run.file(OUTPUTS["train_pairs"]), table(train_rows))
-        write_parquet(run.file(OUTPUTS["heldout_candidates"]), table(held_rows))
-        write_json(run.file(OUTPUTS["qrels_heldout"]), qrels_heldout)
-        write_parquet(run.file(OUTPUTS["dev_candidates"]), table(dev_rows))
-        write_json(run.file(OUTPUTS["qrels_dev"]), qrels_dev)
-        write_json(run.file(OUTPUTS["mine"]), mine_json)
-        stage.outputs.update(OUTPUTS)
-        stage.metrics.update({**summary, **metrics})
+    with stage.transaction() as tx:
+        write_json(tx.path("split"), split.model_dump(mode="json"))
+        write_parquet(tx.path("train_pairs"), table(train_rows))
+        write_parquet(tx.path("heldout_candidates"), table(held_rows))
+        write_json(tx.path("qrels_heldout"), qrels_heldout)
+        write_parquet(tx.path("dev_candidates"), table(dev_rows))
+        write_json(tx.path("qrels_dev"), qrels_dev)
+        write_json(tx.path("mine"), mine_json)
+        tx.metrics.update({**summary, **metrics})
 
     dropped = summary["dropped"]
     lines = [

@@ -49,8 +49,8 @@ def _stage_calls(cfg: RunConfig, force: bool) -> dict[str, Callable[[], Result]]
 
 
 def run_pipeline(cfg: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Result:
-    from skill.manifest import Run
-    from skill.render import SCRIPT
+    from skill.manifest import Run, content_hash
+    from skill.runfolder import SCRIPT
 
     calls = _stage_calls(cfg, force)
     order: list[str] = []
@@ -68,11 +68,9 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log: Callable[[str], No
         if name == "train_smoke":
             train_record = Run(cfg.run).stage("train")
             script = Path(cfg.run) / SCRIPT
-            if not force and train_record and train_record.get("status") == "ok" and script.exists():
-                from skill.io import hash_file
-
-                if train_record.get("input_hashes", {}).get("script") == hash_file(script):
-                    continue  # the full run is already done with this script: no smoke needed
+            done = not force and train_record is not None and train_record.status == "ok" and script.exists()
+            if done and train_record.input_hashes.get("script") == content_hash(script):
+                continue  # the full run is already done with this script: no smoke needed
         log(f"==> {name}")
         t0 = time.time()
         try:

@@ -119,6 +119,8 @@ def apply_override(data: dict, assignment: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise SkillError(f"--set {assignment!r}: empty key", code=ExitCode.USAGE, fix="write --set section.key=value")
+    if parts == ["run"] and not raw.strip():
+        raise SkillError(f"--set {assignment!r}: the run folder is empty", code=ExitCode.USAGE, fix="name a run folder: --set run=runs/NAME")
     target = data
     for part in parts[:-1]:
         nxt = target.setdefault(part, {})

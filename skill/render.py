@@ -18,10 +18,10 @@ from skill.io import hash_file, write_text
 from skill.loading import PACKAGED_PREFIX, resolve_packaged
 from skill.manifest import Run, Stage
 from skill.resources import resource_dir
+from skill.runfolder import SCORES, SCRIPT
 from skill.sizes import shared, size_spec
 
 TEMPLATE = "train_reranker.py.j2"
-SCRIPT = "train.py"
 # On small data, aim for at least this many optimizer steps per epoch (see references/sizes-and-hyperparameters.md).
 MIN_STEPS_PER_EPOCH = 100
 
@@ -85,6 +85,7 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
     base = cfg.base or spec.base
     if base.startswith(PACKAGED_PREFIX):  # the absolute folder, so train.py runs from anywhere
         base = resolve_packaged(base)
+    base = _absolute_if_local(base)
     kind = cfg.base_kind if cfg.base_kind != "auto" else detect_base_kind(base)
     global_batch = cfg.global_batch or spec.global_batch
     per_device = min(cfg.per_device_batch or spec.per_device_batch, global_batch)
@@ -116,6 +117,15 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
         "push_to_hub": cfg.push_to_hub,
         "trust_remote_code": cfg.trust_remote_code,
     }
+
+
+def _absolute_if_local(base: str) -> str:
+    """A base that exists as a folder here, made absolute: train.py runs inside the run folder."""
+    try:
+        path = Path(base).expanduser()
+        return str(path.resolve()) if path.exists() else base
+    except (OSError, ValueError):  # not a usable path (too long, a NUL): a hub id or an error for training to report
+        return base
 
 
 def _environment():
@@ -168,8 +178,8 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
     target = run_.file(SCRIPT)
     previous = run_.stage("render")
     warnings: list[str] = []
-    if target.exists() and not force:
-        recorded = (previous or {}).get("metrics", {}).get("script_sha256")
+    if target.exists() and not force and (previous is None or previous.status == "ok"):  # after an interrupted render, the file is ours
+        recorded = previous.metrics.get("script_sha256") if previous else None
         if recorded != hash_file(target) and target.read_text(encoding="utf-8") != text:
             raise invalid(
                 "train.py was edited by hand (it differs from what render last wrote)",
@@ -177,7 +187,7 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
                 fix="keep your edits and run `python train.py`, or pass --force to overwrite it",
             )
     spec = size_spec(values["size"])
-    scores = run_.file("scores.parquet")
+    scores = run_.file(SCORES)
     n_pairs = None
     if scores.exists():
         import pyarrow.parquet as pq
@@ -188,13 +198,12 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
     else:
         warnings.append(f"{scores} does not exist yet: run `reranker-skill mine` and `reranker-skill score` before training")
     # Rewriting an identical script is a no-op: the manifest and the file stay as they are.
-    unchanged = target.exists() and previous is not None and previous.get("metrics", {}).get("script_sha256") == hash_file(target) and target.read_text(encoding="utf-8") == text
+    stage = Stage(run_, "render", config=values, inputs={})
+    unchanged = stage.fresh() is not None and target.read_text(encoding="utf-8") == text
     if not unchanged:
-        stage = Stage(run_, "render", config=values, inputs={})
-        with stage.running():
-            write_text(target, text)
-            stage.outputs["script"] = SCRIPT
-            stage.metrics.update({"script_sha256": hash_file(target), "train_memory_gb_estimate": spec.train_memory_gb})
+        with stage.transaction() as tx:
+            staged = write_text(tx.path("script"), text)
+            tx.metrics.update({"script_sha256": hash_file(staged), "train_memory_gb_estimate": spec.train_memory_gb})
     commands = run_commands(run_.path)
     lines = [
         f"wrote {target} (size {values['size']}, base {values['base']} as {values['base_kind']}, loss {values['loss']}, lr {values['learning_rate']:g}, global batch {values['global_batch']})",

@@ -29,10 +29,10 @@ and any teacher on a GPU, stay on torch with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +41,14 @@ import numpy as np
 
 from skill.config import ScoreConfig, TeacherSpec
 from skill.envelope import Result
-from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.errors import ExitCode, SkillError, invalid
 from skill.io import atomic_path, hash_obj, read_json, read_parquet, write_json, write_parquet
 from skill.manifest import Run, Stage
+from skill.runfolder import CACHE, DEV_CANDIDATES, HELDOUT_CANDIDATES, QRELS_DEV, SCORE_WORK, SCORES_META, SPLIT, STAGE_OUTPUTS, TRAIN_PAIRS, ScoresMeta, Split
 from skill.teacher import FileTeacher, ModelTeacher, Teacher, load_teacher, normalise_per_query
 
-OUTPUTS = {"scores": "scores.parquet", "heldout_scores": "heldout_scores.parquet", "meta": "scores.meta.json"}
-DEV_OUTPUT = {"dev_scores": "dev_scores.parquet"}  # written when the run has a dev split (the teacher gate's table)
-DEV_INPUTS = {"dev_candidates": "dev_candidates.parquet", "qrels_dev": "qrels_dev.json"}  # absent in run folders from before dev splits
-WORK = "score_work"
+OUTPUTS = dict(STAGE_OUTPUTS["score"])  # dev_scores only when the run has a dev split (the teacher gate's table)
+WORK = SCORE_WORK
 COLLAPSE_RATIO = 0.1  # median within-query std below this share of the overall std: MSE learns the mean
 COLLAPSE_ABS = 1e-3
 
@@ -385,25 +384,25 @@ def _onnx_teachers(teachers: list[Teacher], cache_dir: Path, warnings: list[str]
 
 def _teacher_workdir(run: Run, teacher: ModelTeacher, pairs: PairSet, chunk_size: int) -> Path:
     key = hash_obj({"teacher": teacher.fingerprint, "pairs": pairs.digest, "chunk_size": chunk_size})[:16]
-    return run.path / WORK / f"{Path(teacher.name).name[:40]}-{key}"
+    return run.file(SCORE_WORK) / f"{Path(teacher.name).name[:40]}-{key}"
 
 
 def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merge_only: bool = False) -> Result:
-    """Score the run's training pairs and held-out candidates; write scores.parquet, heldout_scores.parquet, scores.meta.json."""
+    """Score the run's training pairs, held-out and dev candidates; write scores.parquet, heldout_scores.parquet, dev_scores.parquet, scores.meta.json."""
     run = Run(run_dir)
     if not config.teachers:
         raise SkillError("no teacher given", code=ExitCode.USAGE, fix="pass --teacher MODEL_OR_FILE")
     shard = parse_shard(config.shard)
-    run.require_stage("mine", needed_by="score")
-    train_path, held_path = run.file("train_pairs.parquet"), run.file("heldout_candidates.parquet")
-    for p in (train_path, held_path):
-        if not p.exists():
-            raise missing("a `mine` output is missing", where=str(p), fix=f"rerun `reranker-skill mine --run {run.path} ... --force`")
+    dev_path, qrels_dev_path = run.file(DEV_CANDIDATES), run.file(QRELS_DEV)
+    has_dev = dev_path.exists()  # absent in run folders from before dev splits
+    wanted = ["split", "train_pairs", "heldout_candidates"] + (["dev_candidates", "qrels_dev"] if has_dev else [])
+    source_warnings = run.require(wanted, needed_by="score", sources=True)
+    train_path, held_path = run.file(TRAIN_PAIRS), run.file(HELDOUT_CANDIDATES)
+    _check_no_heldout_in_training(run)
 
     from skill.loading import model_identity
     from skill.score_engines import make_engine
 
-    dev_path, qrels_dev_path = run.file(DEV_INPUTS["dev_candidates"]), run.file(DEV_INPUTS["qrels_dev"])
     cfg_dump = config.model_dump(mode="json")
     for key in ("shard", "device", "devices", "engine", "ray_address", "workers", "fail_on_gate", "batch_size", "token_budget"):
         cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
@@ -411,74 +410,106 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
     cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
     inputs = {"train_pairs": train_path, "heldout_candidates": held_path}
-    if dev_path.exists():
+    if has_dev:
         inputs.update(dev_candidates=dev_path, qrels_dev=qrels_dev_path)
     stage = Stage(run, "score", config=cfg_dump, inputs=inputs)
-    if not force and shard[1] == 1 and stage.fresh():
-        prev = stage.previous or {}
-        return Result(
-            artifacts={k: str(run.file(v)) for k, v in prev.get("outputs", {}).items()},
-            metrics={**prev.get("metrics", {}), "skipped": True},
-            text=f"score: up to date in {run.path} (use --force to redo)",
-        )
+    if (done := stage.skip(force=force or shard[1] != 1, warnings=source_warnings)) is not None:
+        return done
 
     # Load (and validate) every teacher before any work, so a bad input writes nothing.
-    engine = make_engine(config, cache_dir=run.path / "cache", loader=load_teacher)
+    engine = make_engine(config, cache_dir=run.file(CACHE), loader=load_teacher)
     try:
-        return _score(run, config, stage, engine, shard, train_path, held_path, dev_path, qrels_dev_path, merge_only=merge_only)
+        return _score(run, config, stage, engine, shard, source_warnings, train_path, held_path, dev_path if has_dev else None, qrels_dev_path, merge_only=merge_only)
     finally:
         engine.close()
 
 
-def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_path: Path, held_path: Path, dev_path: Path, qrels_dev_path: Path, *, merge_only: bool) -> Result:
-    from skill.gate import gate_lines, gate_warning, read_dev, teacher_gate
+def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, source_warnings, train_path: Path, held_path: Path, dev_path: Path | None, qrels_dev_path: Path, *, merge_only: bool) -> Result:
+    from skill.gate import read_dev
 
     teachers: list[Teacher] = [engine.load(spec) for spec in config.teachers]
     train, held = read_parquet(train_path), read_parquet(held_path)
-    dev = read_dev(dev_path)
+    dev = read_dev(dev_path) if dev_path is not None else None
     pairs = collect_pairs(train, held, dev)
     rows_train, rows_held, rows_dev = train.num_rows, held.num_rows, dev.num_rows if dev is not None else 0
 
+    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "dev_pairs": rows_dev, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held + rows_dev - len(pairs)}
+    warnings: list[str] = list(source_warnings)
+    if config.backend == "onnx":
+        teachers = _onnx_teachers(teachers, run.file(CACHE), warnings)
+    looked_up = {id(t): _file_teacher_scores(t, train, held, dev, warnings) for t in teachers if isinstance(t, FileTeacher)}  # validated before anything is written
+    # One run scores inside its transaction (a failure is recorded); shards score their chunks outside it
+    # (chunks are keyed by teacher and pairs, never outputs) and only the merge publishes.
+    with contextlib.ExitStack() as transaction:
+        tx = transaction.enter_context(stage.transaction()) if shard[1] == 1 and not merge_only else None
+        return _label_and_publish(
+            run, stage, tx, transaction, config, engine, teachers, looked_up, train, held, dev, qrels_dev_path, pairs, metrics, warnings, shard=shard, merge_only=merge_only
+        )
+
+
+def _check_no_heldout_in_training(run: Run) -> None:
+    """The held-out split never reaches the teacher's training labels (a last guard behind the manifest checks)."""
+    import pyarrow.parquet as pq
+
+    split = Split.model_validate(read_json(run.file(SPLIT)))
+    leaked = set(pq.read_table(run.file(TRAIN_PAIRS), columns=["query_id"]).column("query_id").to_pylist()) & set(split.heldout)
+    if leaked:
+        raise invalid(
+            f"{len(leaked)} held-out queries of {SPLIT} are in {TRAIN_PAIRS} (first: {sorted(leaked)[0]!r})",
+            where=str(run.file(TRAIN_PAIRS)),
+            fix=f"rerun `{run.rerun('mine')}`: the two files come from different runs",
+        )
+
+
+def _lookup(t: FileTeacher, table) -> np.ndarray:
+    return t.lookup(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), table.column("query").to_pylist(), table.column("document").to_pylist())
+
+
+def _file_teacher_scores(t: FileTeacher, train, held, dev, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A scores file's labels for every training pair (all required), held-out and dev candidate (NaN where absent)."""
+    rows_train, rows_held = train.num_rows, held.num_rows
+    tr = _lookup(t, train)
+    missing_rows = np.flatnonzero(np.isnan(tr))
+    if len(missing_rows):
+        r = int(missing_rows[0])
+        raise invalid(
+            f"the scores file has no score for {len(missing_rows)} of {rows_train} training pairs (first: query {train.column('query_id')[r].as_py()!r}, document {train.column('doc_id')[r].as_py()!r})",
+            where=t.name,
+            fix="score every row of train_pairs.parquet (match on query_id+doc_id or on query+document text); nothing was written",
+        )
+    hd = _lookup(t, held)
+    n_missing = int(np.isnan(hd).sum())
+    if n_missing:
+        warnings.append(f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only")
+    if t.inferred_space and t.score_space == "probability":
+        warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
+    return tr, hd, (_lookup(t, dev) if dev is not None else None)
+
+
+def _label_and_publish(
+    run: Run, stage: Stage, tx, transaction: contextlib.ExitStack, config: ScoreConfig, engine, teachers, looked_up, train, held, dev, qrels_dev_path, pairs, metrics, warnings, *, shard, merge_only
+) -> Result:
+    """Score the chunks each model teacher still lacks, combine the teachers, gate, and publish the tables (inside `tx`, or a new one for a merge)."""
+    from skill.gate import gate_lines, gate_warning, teacher_gate
+
+    rows_train, rows_held, rows_dev = train.num_rows, held.num_rows, dev.num_rows if dev is not None else 0
     raw_train: list[np.ndarray] = []
     raw_held: list[np.ndarray] = []
     raw_dev: list[np.ndarray] = []
-    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "dev_pairs": rows_dev, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held + rows_dev - len(pairs)}
-    warnings: list[str] = []
-    if config.backend == "onnx":
-        teachers = _onnx_teachers(teachers, run.path / "cache", warnings)
     incomplete: list[str] = []
     timing = {"pairs_scored": 0, "seconds": 0.0, "chunks_scored": 0}
     for t in teachers:
         if isinstance(t, FileTeacher):
-            tr = t.lookup(train.column("query_id").to_pylist(), train.column("doc_id").to_pylist(), train.column("query").to_pylist(), train.column("document").to_pylist())
-            missing_rows = np.flatnonzero(np.isnan(tr))
-            if len(missing_rows):
-                r = int(missing_rows[0])
-                raise invalid(
-                    f"the scores file has no score for {len(missing_rows)} of {rows_train} training pairs (first: query {train.column('query_id')[r].as_py()!r}, document {train.column('doc_id')[r].as_py()!r})",
-                    where=t.name,
-                    fix="score every row of train_pairs.parquet (match on query_id+doc_id or on query+document text); nothing was written",
-                )
-            hd = t.lookup(held.column("query_id").to_pylist(), held.column("doc_id").to_pylist(), held.column("query").to_pylist(), held.column("document").to_pylist())
-            n_missing = int(np.isnan(hd).sum())
-            if n_missing:
-                warnings.append(f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only")
-            if t.inferred_space and t.score_space == "probability":
-                warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
+            tr, hd, dv = looked_up[id(t)]
             raw_train.append(tr)
             raw_held.append(hd)
-            if dev is not None:
-                raw_dev.append(t.lookup(dev.column("query_id").to_pylist(), dev.column("doc_id").to_pylist(), dev.column("query").to_pylist(), dev.column("document").to_pylist()))
+            if dv is not None:
+                raw_dev.append(dv)
             continue
         scorer = ChunkScorer(t, pairs, _teacher_workdir(run, t, pairs, config.chunk_size), config)
         if not merge_only:
-            try:
-                chunks, n_scored, secs = engine.run(scorer, shard)
-            except SkillError as err:
-                # A broken teacher's chunks are worthless; those committed before a full disk (an OSError) are kept for the rerun.
-                if scorer.workdir.exists() and not isinstance(err.__cause__, OSError):
-                    shutil.rmtree(scorer.workdir, ignore_errors=True)
-                raise
+            # No error path deletes committed chunks: each is a finished, checked score of this teacher on these pairs.
+            chunks, n_scored, secs = engine.run(scorer, shard)
             timing["chunks_scored"] += chunks
             timing["pairs_scored"] += n_scored
             timing["seconds"] += secs
@@ -522,10 +553,9 @@ def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_pat
         wsum = sum(t.weight for t in teachers)
         label = sum(t.weight * normalise_per_query(s, gtrain) for t, s in zip(teachers, raw_train, strict=True)) / wsum
         space = "normalised"
-    teacher_score = combine(held, raw_held)
+    teacher_score = np.asarray(combine(held, raw_held), dtype=np.float32)
     dev_score = np.asarray(combine(dev, raw_dev), dtype=np.float32) if dev is not None else None
     label = np.asarray(label, dtype=np.float32)
-    teacher_score = np.asarray(teacher_score, dtype=np.float32)
     if not np.isfinite(label).all():
         raise SkillError("teacher labels contain NaN or inf", code=ExitCode.RUNTIME_FAILURE, fix="check the teacher; nothing was written")
 
@@ -533,6 +563,11 @@ def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_pat
     overall, per_query, spread = label_statistics(label, groups)
     warnings += label_warnings(overall, spread, space)
     held_valid = teacher_score[np.isfinite(teacher_score)]
+    # The teacher gate: teacher vs first stage on the dev queries (never the held-out ones), before any training.
+    gate = teacher_gate(dev, dev_score, qrels_dev_path)
+    metrics["gate"] = gate
+    if (w := gate_warning(gate)) is not None:
+        warnings.append(w)
     meta = {
         "teachers": [t.describe() for t in teachers],
         "score_space": space,
@@ -548,27 +583,20 @@ def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_pat
         "max_length": config.max_length,
         "chunk_size": config.chunk_size,
         "backend": config.backend,
+        "gate": gate,
         "warnings": warnings,
     }
 
-    # The teacher gate: teacher vs first stage on the dev queries (never the held-out ones), before any training.
-    gate = teacher_gate(dev, dev_score, qrels_dev_path)
-    metrics["gate"] = gate
-    meta["gate"] = gate
-    if (w := gate_warning(gate)) is not None:
-        warnings.append(w)
-
     import pyarrow as pa
 
-    outputs = dict(OUTPUTS) if dev is None else {**OUTPUTS, **DEV_OUTPUT}
-    with stage.running():
-        write_parquet(run.file(OUTPUTS["scores"]), train.append_column("label", pa.array(label, pa.float32())))
-        write_parquet(run.file(OUTPUTS["heldout_scores"]), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
-        if dev is not None:
-            write_parquet(run.file(DEV_OUTPUT["dev_scores"]), dev.append_column("teacher_score", pa.array(dev_score, pa.float32())))
-        write_json(run.file(OUTPUTS["meta"]), meta)
-        stage.outputs.update(outputs)
-        stage.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
+    if tx is None:  # the merge of finished shards publishes in its own transaction
+        tx = transaction.enter_context(stage.transaction())
+    write_parquet(tx.path("scores"), train.append_column("label", pa.array(label, pa.float32())))
+    write_parquet(tx.path("heldout_scores"), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
+    if dev is not None:
+        write_parquet(tx.path("dev_scores"), dev.append_column("teacher_score", pa.array(dev_score, pa.float32())))
+    write_json(tx.path("meta"), meta)
+    tx.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
 
     lines = [
         f"score: {', '.join(t.name for t in teachers)} → {run.path}",
@@ -587,7 +615,7 @@ def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_pat
     lines += gate_lines(gate)
     failed_gate = config.fail_on_gate and gate["status"] == "fail"
     return Result(
-        artifacts={k: str(run.file(v)) for k, v in outputs.items()},
+        artifacts={k: str(run.file(v)) for k, v in tx.outputs.items()},
         metrics={**metrics, "merged": True, "score_space": space},
         warnings=warnings,
         text="\n".join(lines),
@@ -596,5 +624,5 @@ def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_pat
     )
 
 
-def read_meta(run_dir: str | Path) -> dict:
-    return read_json(Path(run_dir) / OUTPUTS["meta"])
+def read_meta(run_dir: str | Path) -> ScoresMeta:
+    return ScoresMeta.model_validate(read_json(Path(run_dir) / SCORES_META))

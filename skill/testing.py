@@ -134,6 +134,7 @@ def write_toy_scored_run(
 
     import pyarrow as pa
 
+    from skill import runfolder as rf
     from skill.data import load_dataset, split_queries
     from skill.io import write_json, write_parquet
 
@@ -180,17 +181,17 @@ def write_toy_scored_run(
         return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in cols.items()})
 
     train = rows(split.train, train_top_k, add_positives=True, teacher=True)
-    write_parquet(run_dir / "train_pairs.parquet", table({k: v for k, v in train.items() if k != "label"}))
-    write_parquet(run_dir / "scores.parquet", table(train))
-    write_parquet(run_dir / "heldout_candidates.parquet", table(rows(split.heldout, eval_top_k, add_positives=False, teacher=False)))
-    write_json(run_dir / "qrels_heldout.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.heldout})
+    write_parquet(run_dir / rf.TRAIN_PAIRS, table({k: v for k, v in train.items() if k != "label"}))
+    write_parquet(run_dir / rf.SCORES, table(train))
+    write_parquet(run_dir / rf.HELDOUT_CANDIDATES, table(rows(split.heldout, eval_top_k, add_positives=False, teacher=False)))
+    write_json(run_dir / rf.QRELS_HELDOUT, {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.heldout})
     if split.dev:
-        write_parquet(run_dir / "dev_candidates.parquet", table(rows(split.dev, eval_top_k, add_positives=False, teacher=False)))
-        write_json(run_dir / "qrels_dev.json", {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.dev})
-    write_json(run_dir / "split.json", split.model_dump())
+        write_parquet(run_dir / rf.DEV_CANDIDATES, table(rows(split.dev, eval_top_k, add_positives=False, teacher=False)))
+        write_json(run_dir / rf.QRELS_DEV, {q: (data.qrels.labels.get(q, {}) if data.qrels else {}) for q in split.dev})
+    write_json(run_dir / rf.SPLIT, split.model_dump())
     labels = train["label"]
     write_json(
-        run_dir / "scores.meta.json",
+        run_dir / rf.SCORES_META,
         {
             "teachers": [{"id": "toy-lexical-teacher", "type": "file", "revision": None, "weight": 1.0}],
             "score_space": "raw_logit",
@@ -198,6 +199,7 @@ def write_toy_scored_run(
             "warnings": [],
         },
     )
+    record_stages(run_dir, "mine", "score")
     return run_dir
 
 
@@ -320,7 +322,7 @@ def write_pairs_run(run_dir: str | Path, pairs: list[tuple[str, str]]) -> Path:
     import pyarrow as pa
 
     from skill.io import write_json, write_parquet
-    from skill.manifest import Run, Stage
+    from skill.runfolder import HELDOUT_CANDIDATES, QRELS_HELDOUT, SPLIT, TRAIN_PAIRS
 
     run_dir = Path(run_dir)
     columns = {k: [] for k in ("query_id", "doc_id", "query", "document", "rank", "first_stage_score", "relevance")}
@@ -334,18 +336,37 @@ def write_pairs_run(run_dir: str | Path, pairs: list[tuple[str, str]]) -> Path:
     def table(rows: dict[str, list]):
         return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
 
-    run = Run(run_dir)
-    with Stage(run, "mine", config={"pairs": len(pairs)}, inputs={}).running() as stage:
-        write_parquet(run_dir / "train_pairs.parquet", table(train))
-        write_parquet(run_dir / "heldout_candidates.parquet", table(held))
-        write_json(run_dir / "qrels_heldout.json", {qid: {did: 1} for qid, did in zip(held["query_id"], held["doc_id"], strict=True)})
-        write_json(run_dir / "split.json", {"train": train["query_id"], "heldout": held["query_id"], "dev": []})
-        stage.outputs.update(
-            {
-                "train_pairs": "train_pairs.parquet",
-                "heldout_candidates": "heldout_candidates.parquet",
-                "qrels_heldout": "qrels_heldout.json",
-                "split": "split.json",
-            }
-        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_parquet(run_dir / TRAIN_PAIRS, table(train))
+    write_parquet(run_dir / HELDOUT_CANDIDATES, table(held))
+    write_json(run_dir / QRELS_HELDOUT, {qid: {did: 1} for qid, did in zip(held["query_id"], held["doc_id"], strict=True)})
+    write_json(run_dir / SPLIT, {"seed": 0, "heldout_fraction": None, "train": train["query_id"], "heldout": held["query_id"], "dev": []})
+    record_stages(run_dir, "mine")
     return run_dir
+
+
+def record_stages(run_dir: str | Path, *stages: str) -> None:
+    """Record `stages` as `ok` over those of their files that exist in `run_dir`, as if they had written them.
+
+    For tests and benchmarks that build a run folder by hand (or cut a real one down): later stages check
+    their inputs against these records (`skill.manifest.Run.require`). A stage's recorded inputs are the
+    artifacts of the stages before it, so the records form one consistent chain. Call it again after
+    changing a file by hand.
+    """
+    from skill.manifest import Run, content_hash
+    from skill.runfolder import ARTIFACTS, STAGE_OUTPUTS, StageRecord
+
+    run = Run(run_dir)
+    order = ["mine", "score", "render", "train", "evaluate"]
+    for stage in stages:
+        outputs = {k: v for k, v in STAGE_OUTPUTS[stage].items() if run.file(v).exists()}
+        before = [a for a in ARTIFACTS.values() if order.index(a.stage) < order.index(stage) and run.file(a.name).exists()]
+        record = StageRecord(
+            status="ok",
+            config={"recorded_by": "skill.testing.record_stages"},
+            inputs={a.key: str(run.file(a.name).resolve()) for a in before},
+            input_hashes={a.key: content_hash(run.file(a.name)) for a in before},
+            outputs=outputs,
+            output_hashes={k: content_hash(run.file(v)) for k, v in outputs.items()},
+        )
+        run.write_record(stage, record)

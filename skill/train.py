@@ -15,17 +15,15 @@ from pathlib import Path
 
 from skill.config import TrainConfig
 from skill.envelope import Result
-from skill.errors import ExitCode, SkillError, missing
+from skill.errors import ExitCode, SkillError, invalid
 from skill.io import read_json
 from skill.manifest import Run, Stage
-from skill.render import SCRIPT, render
+from skill.render import render
+from skill.runfolder import ARTIFACTS, CHECKPOINTS, SCORES, SCRIPT, SMOKE, SPLIT, STAGE_OUTPUTS, Split, TrainResult
 
-REQUIRED_INPUTS = {
-    "scores": ("scores.parquet", "reranker-skill score"),
-    "heldout_candidates": ("heldout_candidates.parquet", "reranker-skill mine"),
-    "qrels_heldout": ("qrels_heldout.json", "reranker-skill mine"),
-}
-DEV_INPUTS = {"dev_candidates": "dev_candidates.parquet", "qrels_dev": "qrels_dev.json"}  # absent in run folders from before dev splits
+# What train.py reads, by artifact key (skill.runfolder.ARTIFACTS); the dev ones only where `mine` wrote them.
+REQUIRED_INPUTS = ("scores", "heldout_candidates", "qrels_heldout", "split")
+DEV_INPUTS = ("dev_candidates", "qrels_dev")
 
 
 def _die_with_parent() -> None:
@@ -86,76 +84,88 @@ def train(
     """Render if needed (or when `cfg` overrides are given), run train.py, record the `train` stage."""
     run_ = Run(run)
     warnings: list[str] = []
+    mine_record = run_.stage("mine")
+    dev = [k for k in DEV_INPUTS if mine_record is not None and k in mine_record.outputs]
+    warnings += run_.require([*REQUIRED_INPUTS, *dev], needed_by="train")
+    _check_no_heldout_in_training(run_)
     script = run_.file(SCRIPT)
     if cfg is not None or not script.exists():
         rendered = render(run_.path, cfg or TrainConfig(), force=force)
         warnings += rendered.warnings
-    for _, (name, producer) in REQUIRED_INPUTS.items():
-        if not run_.file(name).exists():
-            raise missing(f"{name} is missing", where=str(run_.file(name)), fix=f"run `{producer} --run {run_.path} ...` first")
 
-    out_rel = "smoke/" if smoke else ""
-    stage = Stage(
-        run_,
-        "train_smoke" if smoke else "train",
-        config={"smoke": smoke},
-        inputs={
-            "script": script,
-            **{k: run_.file(name) for k, (name, _) in REQUIRED_INPUTS.items()},
-            **{k: run_.file(name) for k, name in DEV_INPUTS.items() if run_.file(name).exists()},
-        },
-    )
-    if stage.fresh() and not force and not resume:
-        prev = stage.previous or {}
-        return Result(
-            artifacts={k: str(run_.file(v)) for k, v in prev.get("outputs", {}).items()},
-            metrics={**prev.get("metrics", {}), "skipped": True},
-            warnings=[*warnings, "train is up to date (same script and data): skipped; pass --force to train again"],
-            text=prev.get("metrics", {}).get("verdict_line", "train: up to date"),
-        )
+    name = "train_smoke" if smoke else "train"
+    stage = Stage(run_, name, config={"smoke": smoke}, inputs={"script": script, **{k: run_.file(ARTIFACTS[k].name) for k in (*REQUIRED_INPUTS, *dev)}})
+    if not resume and (done := stage.skip(force=force, result=lambda prev: _skipped(run_, prev, warnings))) is not None:
+        return done
 
     # A smoke run is one step: always a single process.
     cmd = launch_command(script.resolve(), "python" if smoke else launcher, nproc_per_node) + (["--smoke"] if smoke else []) + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("SMOKE", None)
+    outputs = STAGE_OUTPUTS[name]
+    out_rel = f"{SMOKE}/" if smoke else ""
     print(f"running: {' '.join(cmd)}", file=sys.stderr)
-    with stage.running():
+    with stage.transaction() as tx:  # the record says `running` while train.py writes student/, train_result.json, checkpoints/
         code, tail, verdict_line = _stream(cmd, run_.path, env)
-        log = run_.file(f"{out_rel}train_log.txt")
+        log = run_.file(outputs["log"])
         if code != 0:
             last = next((line for line in reversed(tail) if line.strip()), "(no output)")
-            has_checkpoint = any(run_.file(f"{out_rel}checkpoints").glob("checkpoint-*"))
-            fix = f"read {log}; then rerun `reranker-skill train --run {run_.path}" + (
-                " --resume` to continue from the last checkpoint" if has_checkpoint else "`"
-            )
+            has_checkpoint = any(run_.file(f"{out_rel}{CHECKPOINTS}").glob("checkpoint-*"))
+            fix = f"read {log}; then rerun `reranker-skill train --run {run_.path}" + (" --resume` to continue from the last checkpoint" if has_checkpoint else "`")
             raise SkillError(f"train.py exited with code {code}: {last[:300]}", code=ExitCode.RUNTIME_FAILURE, where=str(log), fix=fix)
-        result_path = run_.file(f"{out_rel}train_result.json")
+        result_path = run_.file(outputs["result"])
         if not result_path.exists() or verdict_line is None:
             raise SkillError("train.py finished without a result or a VERDICT line", where=str(log), fix=f"read {log} and report it")
-        result = read_json(result_path)
-        stage.outputs.update({"student": f"{out_rel}student", "result": f"{out_rel}train_result.json", "log": f"{out_rel}train_log.txt"})
+        result = TrainResult.model_validate(read_json(result_path))
+        for key, rel in outputs.items():
+            tx.adopt(key, rel)
+        fusion = result.fusion or {}
         metrics = {
-            "verdict": result["verdict"],
+            "verdict": result.verdict,
             "verdict_line": verdict_line,
-            "ndcg@10": result["best"].get("ndcg@10"),
-            "baseline_ndcg@10": result["baseline"].get("ndcg@10"),
-            "first_stage_ndcg@10": (result.get("first_stage") or {}).get("ndcg@10"),
-            "delta": result["delta"],
-            "global_step": result["global_step"],
-            "stopped_early": result["stopped_early"],
-            "stopped_by_time_budget": result["stopped_by_time_budget"],
-            "train_pairs_per_second": result["throughput"].get("train_pairs_per_second"),
-            "effective_global_batch": result["batch"]["effective_global_batch"],
-            "seconds": result.get("seconds"),
+            "ndcg@10": result.best.get("ndcg@10"),
+            "baseline_ndcg@10": result.baseline.get("ndcg@10"),
+            "first_stage_ndcg@10": (result.first_stage or {}).get("ndcg@10"),
+            "delta": result.delta,
+            "global_step": result.global_step,
+            "stopped_early": result.stopped_early,
+            "stopped_by_time_budget": result.stopped_by_time_budget,
+            "train_pairs_per_second": result.throughput.get("train_pairs_per_second"),
+            "effective_global_batch": result.batch.get("effective_global_batch"),
+            "seconds": result.seconds,
             "smoke": smoke,
-            "resumed": result.get("resumed_from") is not None,
-            "selection_split": result.get("selection_split"),
-            "fusion_alpha": (result.get("fusion") or {}).get("alpha"),
-            "fused_ndcg@10": (result.get("fusion") or {}).get("ndcg@10"),
+            "resumed": result.resumed_from is not None,
+            "selection_split": result.selection_split,
+            "fusion_alpha": fusion.get("alpha"),
+            "fused_ndcg@10": fusion.get("ndcg@10"),
         }
-        stage.metrics.update(metrics)
-    if result.get("push") and not result["push"].get("ok"):
-        warnings.append(f"push to {result['push'].get('repo')} failed: {result['push'].get('error')} (the model is saved locally)")
-    artifacts = {k: str(run_.file(v)) for k, v in stage.outputs.items()}
+        tx.metrics.update(metrics)
+    if result.push and not result.push.get("ok"):
+        warnings.append(f"push to {result.push.get('repo')} failed: {result.push.get('error')} (the model is saved locally)")
+    artifacts = {k: str(run_.file(v)) for k, v in outputs.items()}
     text = "\n".join([verdict_line, f"student: {artifacts['student']}", f"result: {artifacts['result']}"])
     return Result(artifacts=artifacts, metrics=metrics, warnings=warnings, text=text)
+
+
+def _skipped(run: Run, prev, warnings: list[str]) -> Result:
+    return Result(
+        artifacts={k: str(run.file(v)) for k, v in prev.outputs.items()},
+        metrics={**prev.metrics, "skipped": True},
+        warnings=[*warnings, "train is up to date (same script and data): skipped; pass --force to train again"],
+        text=prev.metrics.get("verdict_line", "train: up to date"),
+    )
+
+
+def _check_no_heldout_in_training(run: Run) -> None:
+    """No held-out or dev query in the labels train.py learns from (a last guard behind the manifest checks)."""
+    import pyarrow.parquet as pq
+
+    split = Split.model_validate(read_json(run.file(SPLIT)))
+    trained = set(pq.read_table(run.file(SCORES), columns=["query_id"]).column("query_id").to_pylist())
+    leaked = trained & (set(split.heldout) | set(split.dev))
+    if leaked:
+        raise invalid(
+            f"{len(leaked)} held-out or dev queries of {SPLIT} are in {SCORES} (first: {sorted(leaked)[0]!r})",
+            where=str(run.file(SCORES)),
+            fix=f"rerun `{run.rerun('mine')}` and `{run.rerun('score')}`: the files come from different runs",
+        )

@@ -21,6 +21,7 @@ from conftest import run_json
 from skill.config import EvaluateConfig
 from skill.errors import ExitCode, SkillError
 from skill.io import write_json, write_parquet
+from skill.testing import record_stages
 
 K = 12
 
@@ -113,6 +114,7 @@ def make_run(root: Path, data: dict, *, student: Path | None, teacher: np.ndarra
     write_json(run / "manifest.json", {"manifest_version": 1, "stages": stages})
     if student is not None:
         shutil.copytree(student, run / "student")
+    record_stages(run, "mine", *(["score"] if teacher is not None else []), *(["train"] if student is not None else []))
     return run
 
 
@@ -241,6 +243,7 @@ def test_fused_system_is_the_z_score_blend_at_the_trained_alpha(domain_run, tmp_
     for alpha in (0.0, 0.3, 1.0):
         run = make_run(tmp_path / f"a{alpha:g}", domain_run, student=domain_run["sharp"])
         write_json(run / "student" / "fusion.json", {"alpha": alpha, "chosen_on": 7, "split": "dev"})
+        record_stages(run, "train")  # the student as train.py leaves it, fusion.json included
         result = evaluate(run, EvaluateConfig(resamples=500))
         report = json.loads((run / "report.json").read_text())
         expected = np.zeros(len(qids))
@@ -263,6 +266,7 @@ def test_fused_system_is_the_z_score_blend_at_the_trained_alpha(domain_run, tmp_
     # Without fusion.json there is no fused system; a broken one is a note, not a crash.
     run = make_run(tmp_path / "none", domain_run, student=domain_run["sharp"])
     (run / "student" / "fusion.json").write_text("{not json", encoding="utf-8")
+    record_stages(run, "train")
     result = evaluate(run, EvaluateConfig(resamples=200))
     report = json.loads((run / "report.json").read_text())
     assert FUSED not in report["systems"] and report["fused_verdict"] is None

@@ -12,6 +12,7 @@ from conftest import run_json
 from skill.errors import SkillError
 from skill.export import INT8_FILE, ONNX_FILE, ParitySet, Tolerances, check_reranker_folder, compare, gate
 from skill.io import write_json, write_parquet
+from skill.testing import record_stages
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def parity_run(tmp_path_factory) -> Path:
             rows["relevance"].append(1.0 if i == j else 0.0)
     write_parquet(run / "heldout_candidates.parquet", rows)
     write_json(run / "qrels_heldout.json", qrels)
+    record_stages(run, "mine")
     return run
 
 

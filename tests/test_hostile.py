@@ -316,7 +316,7 @@ def test_a_hub_token_never_reaches_output_manifest_or_reports(cli, tmp_path, mon
     outputs.append(cli("score", "--run", run, "--teacher", scores, "--json"))
     outputs.append(cli("render", "--run", run, "--base", "someone/base-encoder", "--push-to-hub", "someone/private-reranker", "--json"))
     shutil.copytree(tiny_reranker, run / "student")
-    outputs.append(cli("evaluate", "--run", run, "--resamples", "100", "--json"))
+    outputs.append(cli("evaluate", "--run", run, "--student", run / "student", "--resamples", "100", "--json"))  # a student `train` did not write
     outputs.append(cli("install", "--agent", "claude", "--dest", tmp_path / "proj", "--json"))
     assert [p.returncode for p in outputs] == [0, 0, 0, 0, 0, outputs[5].returncode, 0]
     assert (run / "report.json").exists() and "push_to_hub" in (run / "train.py").read_text()

@@ -29,6 +29,7 @@ from conftest import CLI, REPO
 
 from skill.config import DataConfig, EvaluateConfig, MineConfig, ScoreConfig, TeacherSpec, TrainConfig
 from skill.errors import ExitCode, SkillError
+from skill.testing import record_stages
 
 TOKEN = "hf_ReLiAbIlItYsEcReT9876543210fedcba"
 SCORE_FLAGS = ["--chunk-size", "8", "--batch-size", "4", "--max-length", "128"]
@@ -72,6 +73,12 @@ def _temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*.tmp")]
 
 
+def _not_recorded_ok(run: Path, stage: str, *, before: bytes | None) -> bool:
+    """After a failure: the manifest as it was (the disk refused even the `running` record), or the stage recorded failed."""
+    now = (run / "manifest.json").read_bytes() if (run / "manifest.json").exists() else None
+    return now == before or json.loads(now)["stages"][stage]["status"] == "failed"
+
+
 # --------------------------------------------------------------------------------------------- score
 
 
@@ -86,6 +93,7 @@ def mined(stdlib_domain, tmp_path_factory) -> Path:
     shutil.copytree(base / "full", dest, ignore=shutil.ignore_patterns("*.parquet", "cache"))
     for name in ("train_pairs.parquet", "heldout_candidates.parquet"):
         pq.write_table(pq.read_table(base / "full" / name).slice(0, 80), dest / name)
+    record_stages(dest, "mine")  # the cut tables, recorded as mine's outputs
     return dest
 
 
@@ -196,7 +204,8 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(mined, score_r
     with pytest.raises(SkillError) as err:
         score_module.score(run, _score_cfg(tiny_reranker))
     assert err.value.code == ExitCode.RUNTIME_FAILURE and "out of memory on a single pair" in err.value.message and "--max-length" in err.value.fix
-    assert not (run / "scores.parquet").exists() and "score" not in json.loads((run / "manifest.json").read_text())["stages"]
+    record = json.loads((run / "manifest.json").read_text())["stages"]["score"]
+    assert not (run / "scores.parquet").exists() and record["status"] == "failed" and "out of memory on a single pair" in record["error"]
 
 
 # --------------------------------------------------------------------------------------------- a full disk
@@ -237,7 +246,7 @@ def test_disk_full_while_writing_the_score_tables(mined, tmp_path):
         assert "no space left on device while writing" in lines[0] and "fix: free disk space" in lines[0] and "Traceback" not in proc.stderr
         for name in ("scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
             assert not (run / name).exists()
-        assert not _temp_files(run) and (run / "manifest.json").read_bytes() == manifest
+        assert not _temp_files(run) and _not_recorded_ok(run, "score", before=manifest)
         filler.unlink()  # space freed: the same command now succeeds
         proc = subprocess.run([*CLI, "score", "--run", str(run), "--teacher", str(scores), "--json"], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, proc.stdout
@@ -282,6 +291,7 @@ def eval_run(toy_scored_run, tiny_reranker, tmp_path_factory) -> Path:
     pq.write_table(table.filter(pc.is_in(table.column("query_id"), pa.array(keep))), run / "heldout_candidates.parquet")
     qrels = json.loads((run / "qrels_heldout.json").read_text())
     (run / "qrels_heldout.json").write_text(json.dumps({q: qrels[q] for q in keep}))
+    record_stages(run, "mine", "score", "train")  # the cut files and the student, recorded as their stages' outputs
     return run
 
 
@@ -347,8 +357,7 @@ def test_disk_full_while_writing_the_report(cli, eval_run, tmp_path):
         assert not _temp_files(run)
         if (run / "report.json").exists():  # written whole before the disk filled, or not at all
             json.loads((run / "report.json").read_text())
-        manifest_now = (run / "manifest.json").read_bytes() if (run / "manifest.json").exists() else None
-        assert manifest_now == manifest  # the stage is not recorded as done
+        assert _not_recorded_ok(run, "evaluate", before=manifest)  # the stage is not recorded as done
         filler.unlink()
         proc = cli("evaluate", "--run", run, "--student", eval_run / "student", "--resamples", EVAL_CFG["resamples"])
         assert proc.returncode == 0, proc.stderr

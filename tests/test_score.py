@@ -21,6 +21,7 @@ from skill.errors import ExitCode, SkillError
 from skill.mine import mine
 from skill.score import label_statistics, label_warnings, make_batches, score
 from skill.teacher import normalise_per_query
+from skill.testing import record_stages
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def _copy(mined: Path, dest: Path, *, rows: int | None = None) -> Path:
             pq.write_table(pq.read_table(mined / name).slice(0, rows), dest / name)
         else:
             shutil.copy(mined / name, dest / name)
+    record_stages(dest, "mine")  # the cut tables, recorded as mine's outputs
     return dest
 
 
@@ -180,10 +182,12 @@ def test_collapse_and_sigmoid_warnings_fire(mined, tmp_path):
     assert label_warnings(overall, spread, "raw_logit") == []
 
 
-def _nothing_written(run: Path) -> None:
+def _nothing_written(run: Path, *, failed: bool = False) -> None:
+    """No table; no `score` record for a bad input; a `failed` one for a failure while scoring."""
     for name in ("scores.parquet", "heldout_scores.parquet", "scores.meta.json"):
         assert not (run / name).exists(), name
-    assert "score" not in json.loads((run / "manifest.json").read_text())["stages"]
+    record = json.loads((run / "manifest.json").read_text())["stages"].get("score")
+    assert (record is not None and record["status"] == "failed" and record["error"]) if failed else record is None
     assert not (run / "score_work").exists() or not any(p.suffix == ".npy" and p.name.startswith("chunk") for p in (run / "score_work").rglob("*"))
 
 
@@ -233,7 +237,7 @@ def test_unknown_model_and_nan_teacher(mined, tiny_reranker, tmp_path):
     with pytest.raises(SkillError) as err:
         score(run, _cfg(TeacherSpec(model=str(tmp_path / "nan-teacher")), chunk_size=50))
     assert err.value.code == ExitCode.RUNTIME_FAILURE and "nan" in err.value.message.lower()
-    _nothing_written(run)
+    _nothing_written(run, failed=True)
 
 
 def test_shard_and_merge_equal_a_single_run(mined, ce_run, tiny_reranker, tmp_path):
@@ -374,7 +378,7 @@ def test_onnx_graph_that_drifts_from_torch_fails_with_exit_6(onnx_run, mined, ti
         score(run, cfg)
     assert err.value.code == ExitCode.RUNTIME_FAILURE == 6
     assert "does not reproduce torch" in err.value.message and "--backend torch" in err.value.fix
-    _nothing_written(run)
+    _nothing_written(run, failed=True)
     assert not folder.exists()  # the bad graph is gone, so a rerun exports afresh
     again = score(run, cfg)
     assert again.metrics["onnx_cache"] == "miss"

@@ -16,6 +16,7 @@ from conftest import run_cli, run_json
 
 from skill.config import TrainConfig
 from skill.render import render
+from skill.testing import record_stages
 
 FAST = ["--max-seq-length", "64", "--per-device-batch", "8", "--global-batch", "16", "--eval-queries", "8"]
 
@@ -162,6 +163,7 @@ def test_without_a_dev_split_checkpoints_are_chosen_on_heldout_with_a_warning(ru
     """A run folder from before dev splits (or a hand-made one): training still works and says what that costs."""
     (run / "dev_candidates.parquet").unlink()
     (run / "qrels_dev.json").unlink()
+    record_stages(run, "mine", "score")  # a folder mined without dev queries
     render(run, TrainConfig(base=str(tiny_base), max_steps=2, eval_every=2, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=6, early_stopping_patience=0))
     proc = run_cli("train", "--run", run, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
