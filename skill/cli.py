@@ -311,7 +311,11 @@ def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per
 @click.option("--student", metavar="PATH", help="The student to judge (default: RUN/student).")
 @click.option("--base", metavar="PATH", help="The base before training (default: the base recorded by render).")
 @click.option("--skip-base", is_flag=True, help="Do not score the base (saves a pass; train.py already measured its baseline).")
-@click.option("--teacher", is_flag=True, help="Also load the teacher model(s) from scores.meta.json and time them on the same pairs.")
+@click.option(
+    "--teacher/--no-teacher",
+    default=None,
+    help="Time the teacher model(s) of scores.meta.json for the serving recommendation (default: only a small local bi-encoder or cross-encoder).",
+)
 @click.option("--fail-on", type=click.Choice(["regression", "marginal"]), help="Exit 7 when the verdict is REGRESSION (or MARGINAL or worse).")
 @click.option("--margin", type=click.FloatRange(0, 1, max_open=True), default=None, help="ΔNDCG@10 a WIN needs (default 0.01).")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Significance level (default 0.05).")
@@ -322,7 +326,7 @@ def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per
 @click.option("--nanobeir", is_flag=True, help="Also run the NanoBEIR general-domain check (needs the Hugging Face Hub).")
 @click.option("--force", is_flag=True, help="Recompute even when the report is up to date.")
 def evaluate_cmd(run_dir: Path, models: tuple[str, ...], student, base, skip_base, teacher, fail_on, margin, alpha, resamples, batch_size, max_length, device, nanobeir, force) -> Result:
-    """Held-out verdict: first stage vs base vs student vs teacher, significance, fidelity, collapse, cost. Writes report.json/.md/.png."""
+    """Held-out verdict and what to serve: every system vs every other, significance, fidelity, collapse, cost. Writes report.json/.md/.png."""
     from skill.config import EvaluateConfig
     from skill.evaluate import evaluate
 

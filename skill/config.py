@@ -134,7 +134,8 @@ class EvaluateConfig(_Section):
     student: str | None = None  # default: RUN/student
     base: str | None = None  # default: the `base` recorded by render in manifest.json
     skip_base: bool = False  # do not score the base (one pass less; train.py already measured its baseline)
-    teacher: bool = False  # also load the teacher model(s) from scores.meta.json to measure their cost
+    # time the teacher model(s) of scores.meta.json: None = when cheap (a local bi-encoder or cross-encoder folder), True = always, False = never
+    teacher: bool | None = None
     fail_on: Literal["regression", "marginal"] | None = None  # not part of the stage's hash: a gate on the report
     margin: float = Field(0.01, ge=0, lt=1)  # WIN needs ΔNDCG@10 ≥ +margin; REGRESSION is Δ ≤ −margin
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired test

@@ -164,7 +164,8 @@ ADVICE = re.compile(r"pass (--[a-z-]+)(?: (\d+))?")
 )
 def test_each_no_negative_warning_is_fixed_by_following_its_advice(cli, stdlib_domain, tmp_path, flags):
     """Every 'kept no negative' warning names a fix; applying exactly that fix removes the warning and the condition."""
-    base = ["mine", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"], "--retriever", "bm25", "--eval-top-k", "25"]
+    data = ["--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"]]
+    base = ["mine", *data, "--retriever", "bm25", "--eval-top-k", "25"]
     args = ["--train-top-k", "20", *flags] if flags[0] != "--train-top-k" else list(flags)
     proc = cli(*base, "--run", tmp_path / "before", *args, "--json")
     payload = json.loads(proc.stdout)
@@ -257,7 +258,9 @@ def test_hybrid_guard_compares_real_scores_not_rrf(stdlib_domain, tiny_base, tmp
 
     for guard_score, score in (("auto", cosine), ("bm25", bm25)):
         run = tmp_path / guard_score
-        cfg = MineConfig(retriever="hybrid", embedder=str(tiny_base), train_top_k=15, eval_top_k=15, cache_dir=tmp_path / "c", relative_margin=0.02, guard_score=guard_score)
+        cfg = MineConfig(
+            retriever="hybrid", embedder=str(tiny_base), train_top_k=15, eval_top_k=15, cache_dir=tmp_path / "c", relative_margin=0.02, guard_score=guard_score
+        )
         mine(run, _data(stdlib_domain), cfg)
         record = json.loads((run / "mine.json").read_text())
         assert record["guard"]["score"].startswith("dense" if guard_score == "auto" else "bm25") and "not RRF" in record["guard"]["score"]
