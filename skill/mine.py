@@ -533,5 +533,5 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         lines.append(f"  held-out recall@{config.eval_top_k}: {summary[f'heldout_recall@{config.eval_top_k}']:.3f}")
     warnings = no_negative_warnings(counts, config)
     if not ds.qrels:
-        warnings.append("no --qrels: held-out queries have no labels, so `evaluate` can compare only against the teacher")
+        warnings.append("no --qrels: held-out queries have no labels, so `evaluate` cannot judge any system; pass --qrels FILE (and --force to redo mine)")
     return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**summary, **metrics}, warnings=warnings, text="\n".join(lines))
