@@ -12,7 +12,12 @@ FLOPs ≈ 2 × non-embedding parameters × real tokens, against a measured large
 intra-op thread per core; pooling and head stay in torch. Its parity against torch on the first
 batch is checked exactly as `score` does.
 
-    .venv/bin/python benchmarks/score_throughput.py [--model PATH] [--pairs N] [--repeats R]
+Then `score`'s local engine with one worker process vs two (`--devices cpu` vs `--devices cpu,cpu`,
+skill.score_engines.ProcessEngine): whole processes, the same pairs and chunks, each worker with
+`cores // workers` torch threads. Printed: wall time including process start and teacher load,
+pairs/s over the scoring phase alone (first claim to last commit), and the two-vs-one ratio.
+
+    .venv/bin/python benchmarks/score_throughput.py [--model PATH] [--pairs N] [--repeats R] [--skip-workers]
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--token-budget", type=int, default=None, help="score's padded tokens per batch (default: its own default)")
+    ap.add_argument("--skip-workers", action="store_true", help="skip the one-vs-two worker processes comparison")
     args = ap.parse_args()
 
     from sentence_transformers import CrossEncoder
@@ -153,6 +159,43 @@ def main() -> None:
         print(f"  ratio {name} / predict: {best['predict'] / best[name]:.2f}x   max |Δscore| vs predict {np.abs(outs[name] - outs['predict']).max():.2e}")
     print(f"  ratio score onnx / score torch: {best['score torch'] / best['score onnx']:.2f}x")
     shutil.rmtree(cache, ignore_errors=True)
+    if not args.skip_workers:
+        compare_workers(model_path, pairs, config, outs["score torch"])
+
+
+def compare_workers(model_path: str, pairs: list[tuple[str, str]], config, reference: np.ndarray) -> None:
+    """One worker process vs two on the same pairs: wall time, scoring-phase pairs/s, and their ratio."""
+    from skill.score import ChunkScorer, PairSet
+    from skill.score_engines import ProcessEngine
+    from skill.teacher import CrossEncoderTeacher
+
+    index: dict = {}
+    uq, ud, back = [], [], []
+    for q, d in pairs:
+        j = index.setdefault((q, d), len(uq))
+        if j == len(uq):
+            uq.append(q)
+            ud.append(d)
+        back.append(j)
+    ps = PairSet(uq, ud, [("q", "d")] * len(uq), np.asarray(back), np.zeros(0, dtype=np.int64), "bench")
+    chunked = config.model_copy(update={"chunk_size": max(1, len(uq) // 8)})  # 8 chunks: two workers share them evenly
+    results = {}
+    for devices in (["cpu"], ["cpu", "cpu"]):
+        with tempfile.TemporaryDirectory() as wd:
+            teacher = CrossEncoderTeacher.load(config.teachers[0], max_length=config.max_length, device="cpu", dtype="auto")
+            scorer = ChunkScorer(teacher, ps, Path(wd), chunked)
+            engine = ProcessEngine(chunked, devices, Path(wd) / "cache")
+            start = time.perf_counter()
+            engine.run(scorer, (0, 1))
+            wall = time.perf_counter() - start
+            states = [st for st in engine.worker_states if st]
+            phase = max(st["scoring_ended"] for st in states) - min(st["scoring_started"] for st in states)
+            full = scorer.assemble()
+            results[len(devices)] = (wall, len(uq) / phase, float(np.abs(full[np.asarray(back)] - reference).max()), engine.threads)
+    print(f"worker processes (same {len(uq)} unique pairs, {chunked.chunk_size} per chunk); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for n, (wall, rate, drift, threads) in results.items():
+        print(f"  {n} worker(s) x {threads} thread(s): {wall:6.1f} s wall (start + load + score)   {rate:8.1f} pairs/s scoring   max |Δscore| vs in-process {drift:.1e}")
+    print(f"  ratio two workers / one: {results[2][1] / results[1][1]:.2f}x pairs/s while scoring, {results[1][0] / results[2][0]:.2f}x wall")
 
 
 if __name__ == "__main__":

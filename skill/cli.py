@@ -122,7 +122,11 @@ def doctor_cmd() -> Result:
 @click.option("--max-doc-chars", type=click.IntRange(min=1), default=None, help="Reject documents longer than this (default 1,000,000).")
 @map_option
 def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str | None, max_doc_chars: int | None, mapping: tuple[str, ...]) -> Result:
-    """Preflight the data: READY, NEEDS MAPPING or INVALID, with the fix for each problem. Exit 0 only when READY."""
+    """Preflight the data: READY, NEEDS MAPPING, NEEDS LABELS or INVALID, with the fix for each problem. Exit 0 only when READY.
+
+    READY means mine, score, train and evaluate accept the data: unlabelled data (no qrels, or no
+    grade above 0) is NEEDS LABELS, since train and evaluate need labelled queries.
+    """
     from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
     from skill.preflight import inspect_data
 
@@ -147,7 +151,7 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--retriever", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True, help="First stage.")
 @click.option("--embedder", default="google/embeddinggemma-300m", show_default=True, help="Dense first stage: sentence-transformers hub id or local folder.")
 @click.option("--train-top-k", type=click.IntRange(min=1), default=30, show_default=True, help="Candidates per training query.")
-@click.option("--eval-top-k", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per held-out query.")
+@click.option("--eval-top-k", type=int, default=100, show_default=True, help="Candidates per held-out query (2 or more; reranking is judged on them).")
 @click.option("--heldout", type=float, default=0.2, show_default=True, help="Fraction of labelled queries held out.")
 @click.option("--heldout-queries", type=click.Path(path_type=Path), help="File of held-out query ids, one per line (overrides --heldout).")
 @click.option(
@@ -174,9 +178,12 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--no-guard", is_flag=True, help="No first-stage guard (the default); overrides --relative-margin, --absolute-margin and --max-score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding batch size.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Corpus-embedding cache (default RUN/cache).")
+@click.option("--max-doc-chars", type=click.IntRange(min=1), default=None, help="Reject documents longer than this (default 1,000,000).")
 @click.option("--force", is_flag=True, help="Redo even if the stage is up to date.")
 @map_option
-def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], force: bool, no_guard: bool, **options) -> Result:
+def mine_cmd(
+    run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], max_doc_chars: int | None, force: bool, no_guard: bool, **options
+) -> Result:
     """Split queries and mine candidates: train pairs (the first stage's top-K; the teacher labels them), dev and held-out top-K."""
     from skill.config import DataConfig, MineConfig
     from skill.data import ColumnMapping
@@ -187,8 +194,9 @@ def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, map
     try:
         config = MineConfig(**options)
     except ValueError as exc:
-        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill mine --help`") from None
-    data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping))
+        fix = "pass --eval-top-k 2 or more (default 100)" if "--eval-top-k" in _option_error(exc) else "see `reranker-skill mine --help`"
+        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix=fix) from None
+    data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping), **({"max_doc_chars": max_doc_chars} if max_doc_chars else {}))
     return mine(run_dir, data, config, force=force)
 
 
@@ -199,22 +207,28 @@ def mine_cmd(run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, map
 @click.option("--weight", "weights", multiple=True, type=click.FloatRange(min=0, min_open=True), help="Ensemble weight, one per --teacher (default 1).")
 @click.option("--score-space", type=click.Choice(["raw_logit", "probability", "cosine", "normalised"]), help="Score space of a `file` teacher (inferred when omitted).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per batch at full length; short pairs pack more.")
-@click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True, help="Max tokens per pair.")
-@click.option("--token-budget", type=click.IntRange(min=8), help="Padded tokens per batch (default batch-size x min(max-length, 256)).")
+@click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True, help="Max tokens of query + document text per pair; special tokens or a prompt template come on top.")
+@click.option("--token-budget", type=click.IntRange(min=8), help="Padded tokens per batch (default batch-size x (min(max-length, 256) + the teacher's special/template tokens)).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Unique pairs per committed chunk (the most a kill can lose).")
 @click.option("--shard", help="Score only shard i of n (1-based, e.g. 2/4); the last one to finish merges.")
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge finished shards into the tables.")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--device", help="torch device for one worker in this process (default: see --devices).")
+@click.option("--devices", help="Comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 or cpu,cpu (default: every visible GPU, else cpu).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: this machine (--devices); ray: actors on a Ray cluster (needs reranker-skill[cluster]).")
+@click.option("--ray-address", help="Ray cluster to join with --engine ray (default: RAY_ADDRESS, else a local cluster).")
+@click.option("--workers", type=click.IntRange(min=1), help="Ray actors (default: one per GPU of the cluster, else one per node).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere.")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run cross-encoder teachers on CPU through onnxruntime (exported once to RUN/cache, parity-checked); others fall back to torch.")
+@click.option("--fail-on-gate", is_flag=True, help="Exit 7 when the teacher does not beat the first stage on the dev queries.")
 @click.option("--force", is_flag=True, help="Redo even if up to date (finished chunks are still reused).")
-def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, **options) -> Result:
-    """Score every mined pair (training and held-out) with a teacher; raw scores, resumable, shardable."""
+def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, devices: str | None, **options) -> Result:
+    """Score every mined pair (training, held-out, dev) with a teacher; raw scores, resumable, shardable; ends with the teacher gate on the dev queries."""
     from skill.config import ScoreConfig
     from skill.score import score, teacher_specs
 
     try:
-        config = ScoreConfig(teachers=teacher_specs(teachers, teacher_types, weights, score_space), **options)
+        device_list = [d.strip() for d in devices.split(",")] if devices is not None else None
+        config = ScoreConfig(teachers=teacher_specs(teachers, teacher_types, weights, score_space), devices=device_list, **options)
     except ValueError as exc:
         raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
     return score(run_dir, config, force=force, merge_only=merge_only)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from skill.data import DEFAULT_MAX_DOC_CHARS, ColumnMapping
+from skill.data import DEFAULT_MAX_DOC_CHARS, MIN_DOCUMENTS, ColumnMapping
 
 
 class _Section(BaseModel):
@@ -55,6 +55,13 @@ class MineConfig(_Section):
             )
         return self
 
+    @field_validator("eval_top_k")
+    @classmethod
+    def _meaningful_depth(cls, value: int) -> int:
+        if value < MIN_DOCUMENTS:
+            raise ValueError(f"{value} candidate per held-out query: a reranker cannot change the order of one candidate, so evaluation would measure nothing (use {MIN_DOCUMENTS} or more; 100 is the default)")
+        return value
+
 
 TeacherType = Literal["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]
 
@@ -72,14 +79,21 @@ class TeacherSpec(_Section):
 class ScoreConfig(_Section):
     teachers: list[TeacherSpec] = []
     batch_size: int = Field(32, ge=1)  # pairs per batch at full length; short pairs pack more (token budget)
-    max_length: int = Field(512, ge=8)
-    token_budget: int | None = Field(None, ge=8)  # padded tokens per batch; default batch_size * min(max_length, 256)
+    max_length: int = Field(512, ge=8)  # tokens of query + document text per pair; special tokens / template on top
+    token_budget: int | None = Field(None, ge=8)  # padded tokens per batch; default batch_size * (min(max_length, 256) + the teacher's special/template tokens)
     chunk_size: int = Field(4096, ge=1)  # unique pairs per atomically committed chunk
     shard: str | None = Field(None, pattern=r"^\d+/\d+$")  # "i/n", 1-based
     device: str | None = None
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 elsewhere
     # onnx: cross-encoder teachers on CPU run through onnxruntime (others fall back to torch with a warning)
     backend: Literal["torch", "onnx"] = "torch"
+    # Where the chunks are scored (skill.score_engines). local: this machine, one worker process per entry of
+    # `devices` (default: every visible GPU, else the CPU; one entry scores in this process); ray: actors on a Ray cluster.
+    engine: Literal["local", "ray"] = "local"
+    devices: list[str] | None = None  # e.g. ["cuda:0", "cuda:1"] or ["cpu", "cpu"]
+    ray_address: str | None = None  # default: RAY_ADDRESS, else a local cluster started for the run
+    workers: int | None = Field(None, ge=1)  # Ray actors (default: one per GPU of the cluster, else one per node)
+    fail_on_gate: bool = False  # exit 7 when the teacher does not beat the first stage on the dev queries
 
 
 class TrainConfig(_Section):

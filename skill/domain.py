@@ -23,12 +23,19 @@ from skill.io import atomic_path
 _SKIP_PREFIXES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip", "venv", "pydoc_data", "msilib", "winreg", "winsound", "_")
 
 
-def _stdlib_module_names() -> list[str]:
-    """Top-level standard-library modules and the submodules of its packages, sorted."""
+def _module_names(packages: tuple[str, ...] | None = None) -> list[str]:
+    """Modules to read docstrings from, sorted: the standard library's (packages None), or the named
+    installed packages and their submodules."""
+    if packages is None:
+        tops = [info for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name) if info.name in sys.stdlib_module_names and not info.name.startswith(_SKIP_PREFIXES)]
+    else:
+        tops = [info for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name) if info.name in packages]
+        unknown = sorted(set(packages) - {info.name for info in tops})
+        if unknown:
+            raise ValueError(f"not installed: {', '.join(unknown)}")
+    skipped_leaves = ("test", "tests", "idle_test") if packages is None else ("test", "tests", "testing", "conftest")
     names: list[str] = []
-    for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name):
-        if info.name not in sys.stdlib_module_names or info.name.startswith(_SKIP_PREFIXES):
-            continue
+    for info in tops:
         names.append(info.name)
         if info.ispkg:
             try:
@@ -37,18 +44,18 @@ def _stdlib_module_names() -> list[str]:
                 continue
             for sub in sorted(pkgutil.walk_packages(package.__path__, prefix=info.name + ".", onerror=lambda _: None), key=lambda m: m.name):
                 leaf = sub.name.rsplit(".", 1)[-1]
-                if leaf.startswith("_") or leaf in ("test", "tests", "idle_test") or ".test" in sub.name:
+                if leaf.startswith("_") or leaf in skipped_leaves or ".test" in sub.name:
                     continue
                 names.append(sub.name)
     return names
 
 
-def _docstrings(max_pairs: int) -> list[tuple[str, str, str]]:
-    """(id, summary, body) triples, deterministic for a given Python version."""
+def _docstrings(max_pairs: int, packages: tuple[str, ...] | None = None) -> list[tuple[str, str, str]]:
+    """(id, summary, body) triples, deterministic for a given Python (and package) version."""
     seen_bodies: set[str] = set()
     seen_summaries: set[str] = set()
     out: list[tuple[str, str, str]] = []
-    for mod_name in _stdlib_module_names():
+    for mod_name in _module_names(packages):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -83,14 +90,22 @@ def _docstrings(max_pairs: int) -> list[tuple[str, str, str]]:
 
 
 def build_stdlib_domain(out_dir: str | Path, *, max_pairs: int = 1600, distractors: int = 0) -> dict[str, Path]:
-    """Write corpus.jsonl, queries.jsonl and qrels.tsv (BEIR layout) to `out_dir`.
+    """Write corpus.jsonl, queries.jsonl and qrels.tsv (BEIR layout) to `out_dir`, from the standard library.
 
     Each query has exactly one relevant document. `distractors` adds that many extra
     bodies (from further docstrings) with no query, to make retrieval harder.
     """
+    return build_docstring_domain(out_dir, packages=None, max_pairs=max_pairs, distractors=distractors)
+
+
+def build_docstring_domain(out_dir: str | Path, *, packages: tuple[str, ...] | None, max_pairs: int = 1600, distractors: int = 0) -> dict[str, Path]:
+    """The same layout from the docstrings of installed `packages` (e.g. ("numpy",)); None: the standard library.
+
+    A second real domain for tests that must not be the quickstart's (another vocabulary, another style).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    triples = _docstrings(max_pairs + distractors)
+    triples = _docstrings(max_pairs + distractors, packages)
     pairs, extra = triples[:max_pairs], triples[max_pairs:]
 
     def doc_id(name: str) -> str:

@@ -25,6 +25,7 @@ from skill.config import EvaluateConfig
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import read_json, read_parquet, write_json
+from skill.loading import PACKAGED_PREFIX, load_cross_encoder, looks_like_hub_id, resolve_packaged
 from skill.manifest import Run, Stage
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
@@ -123,6 +124,8 @@ def check_reranker(spec: str, role: str) -> str:
     CrossEncoder) or a transformers sequence classifier with one label. Hub ids pass here and
     fail at load time when unreachable.
     """
+    if spec.startswith(PACKAGED_PREFIX):
+        spec = resolve_packaged(spec)
     path = Path(spec).expanduser()
     flag = f"--{role}" if role in ("student", "base") else "--model"
     if not path.exists():
@@ -155,24 +158,13 @@ def model_kind(path: Path) -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or "\\" in spec
+    """The loader's path-vs-hub rule: anything that is not ORG/NAME is a path."""
+    return not spec.startswith(PACKAGED_PREFIX) and not looks_like_hub_id(spec)
 
 
 def _load(spec: str, role: str, cfg: EvaluateConfig):
-    from skill.modeling import load_reranker
-
-    try:
-        return load_reranker(spec, device=cfg.device, max_seq_length=cfg.max_length)
-    except SkillError:
-        raise
-    except Exception as exc:
-        if not Path(spec).expanduser().exists():
-            raise missing(
-                f"cannot load {role} model {spec!r} ({type(exc).__name__})",
-                where=spec,
-                fix="check the id, log in / go online (or set HF_HUB_OFFLINE=0), or pass a local folder",
-            ) from None
-        raise invalid(f"cannot load {role} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", where=spec, fix="pass a folder saved by CrossEncoder.save()") from None
+    flag = f"--{role}" if role in ("student", "base") else "--model"
+    return load_cross_encoder(spec, role=f"{role} model", flag=flag, device=cfg.device, max_seq_length=cfg.max_length)
 
 
 def folder_size_mb(spec: str) -> float | None:
@@ -255,6 +247,8 @@ def _render_base(run: Run) -> tuple[str | None, dict]:
 
 def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> System | None:
     """The base before training: itself when it is a reranker; an encoder gets the student's untrained head."""
+    if spec.startswith(PACKAGED_PREFIX):
+        spec = resolve_packaged(spec)
     path = Path(spec).expanduser()
     if not path.exists():
         if _looks_like_path(spec):
@@ -293,6 +287,17 @@ def _base_system(spec: str, render_cfg: dict, ho: HeldOut, cfg: EvaluateConfig, 
     return System(label, "base", spec, scored.scores, cost)
 
 
+def _local_folder(spec: str) -> str | None:
+    """The folder a model spec names on this machine (a `packaged:` name resolved), or None (a hub id, a file, nothing)."""
+    if not spec:
+        return None
+    try:
+        folder = resolve_packaged(spec) if spec.startswith(PACKAGED_PREFIX) else spec
+    except SkillError:
+        return None
+    return folder if Path(folder).expanduser().is_dir() else None
+
+
 def teacher_profile(run: Run) -> dict:
     """What `score` recorded about the teacher(s) (scores.meta.json): types, ids, and whether timing them is cheap."""
     meta_path = run.file("scores.meta.json")
@@ -300,8 +305,8 @@ def teacher_profile(run: Run) -> dict:
     members = []
     for t in teachers:
         tid, ttype = str(t.get("id") or t.get("model") or ""), str(t.get("type") or "auto")
-        path = Path(tid).expanduser()
-        members.append({"id": tid, "type": ttype, "local": bool(tid) and path.is_dir(), "size_mb": folder_size_mb(tid) if tid else None})
+        folder = _local_folder(tid)
+        members.append({"id": tid, "type": ttype, "local": folder is not None, "size_mb": folder_size_mb(folder) if folder else None})
     external = any(m["type"] == "file" for m in members)
     structure = "external" if external else max((m["type"] for m in members if m["type"] in STRUCTURE), key=STRUCTURE.get, default="cross-encoder")
     cheap = bool(members) and all(m["local"] and m["type"] in ("bi-encoder", "cross-encoder") and (m["size_mb"] or 0) <= TEACHER_AUTO_MAX_MB for m in members)
@@ -369,7 +374,7 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
         _, lat = time_scoring(score_fn, ho, desc=f"timing teacher {Path(tid).name}", max_queries=TEACHER_TIMING_QUERIES)
         latencies = np.asarray(lat) if latencies is None else latencies + np.asarray(lat)  # an ensemble runs every member
         model = getattr(teacher, "model", None)
-        sizes.append(folder_size_mb(tid))
+        sizes.append(folder_size_mb(_local_folder(tid) or tid))
         params.append(int(sum(p.numel() for p in model.parameters())) if hasattr(model, "parameters") else None)
         devices.append(str(getattr(teacher, "device", "?")))
         ids.append(tid)
@@ -480,6 +485,8 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     run = Run(run_dir)
     ho = load_heldout(run)
     student = cfg.student or str(run.file("student"))
+    if student.startswith(PACKAGED_PREFIX):
+        student = resolve_packaged(student)
     if not Path(student).expanduser().exists() and _looks_like_path(student):
         raise missing(
             "no trained student in the run folder" if cfg.student is None else "student model folder not found",

@@ -30,12 +30,13 @@ from typing import Any, Literal
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing, prerequisite
 from skill.io import read_json, swap_in, write_json
+from skill.onnx import ONNX_FILE, onnx_unsupported, trace_onnx, use_graph
+
+__all__ = ["INT8_FILE", "ONNX_FILE", "Tolerances", "check_reranker_folder", "export_model", "trace_onnx"]
 
 MARKER = "parity.json"
-ONNX_FILE = "onnx/model.onnx"
 INT8_FILE = "onnx/model_qint8_quantized.onnx"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-_OUTPUT_NAMES = {"feature-extraction": "last_hidden_state", "sequence-classification": "logits"}
 
 log = logging.getLogger(__name__)
 
@@ -79,48 +80,15 @@ def check_reranker_folder(path: Path) -> str:
 
 
 def _load_original(path: Path):
-    from skill.modeling import load_reranker
+    from skill.loading import load_cross_encoder
 
-    model = load_reranker(str(path), device="cpu")
+    model = load_cross_encoder(str(path), role="model", flag="--model", device="cpu")
     if model.num_labels != 1:
         raise invalid(f"the reranker emits {model.num_labels} scores per pair; export supports one", where=str(path), fix="export a num_labels=1 reranker")
     reason = onnx_unsupported(model)
     if reason:
         raise invalid(reason + "; export handles a transformer encoder or sequence classifier", where=str(path), fix="export a CrossEncoder whose first module is a Transformer")
     return model
-
-
-def onnx_unsupported(model) -> str | None:
-    """Why this CrossEncoder's transformer cannot be traced to ONNX here (None: it can)."""
-    first = model[0]
-    task = getattr(first, "transformer_task", None)
-    if type(first).__name__ != "Transformer" or task not in _OUTPUT_NAMES:
-        return f"unsupported first module {type(first).__name__} (task {task!r})"
-    return None
-
-
-class _Traceable:
-    """A positional-argument wrapper so `torch.onnx.export` sees exactly the tokenizer's tensors."""
-
-    def __new__(cls, hf_model, input_names: list[str], output_name: str):
-        import torch
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.hf = hf_model
-
-            def forward(self, *tensors):
-                return self.hf(**dict(zip(input_names, tensors, strict=True)), return_dict=True)[output_name]
-
-        return Wrapper().eval()
-
-
-_SAMPLE_PAIRS = [
-    ("how do I parse a JSON document", "Deserialize a str, bytes or bytearray instance containing a JSON document to a Python object."),
-    ("join path components", "Join two or more pathname components, inserting a separator as needed."),
-    ("x", "y"),
-]
 
 
 def _export_onnx(model, folder: Path, *, opset: int = 17) -> dict[str, Any]:
@@ -132,35 +100,6 @@ def _export_onnx(model, folder: Path, *, opset: int = 17) -> dict[str, Any]:
     return trace_onnx(model, folder / ONNX_FILE, opset=opset)
 
 
-def onnx_input_names(model) -> list[str]:
-    """The tokenizer tensors the traced graph takes, in order."""
-    return _input_names(model.preprocess(_SAMPLE_PAIRS))
-
-
-def _input_names(features) -> list[str]:
-    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
-
-
-def trace_onnx(model, target: Path, *, opset: int = 17) -> dict[str, Any]:
-    """Trace a CrossEncoder's transformer (`model[0]`, fp32) into the ONNX file `target`; pooling and head stay in torch."""
-    import torch
-
-    transformer = model[0]
-    output_name = _OUTPUT_NAMES[transformer.transformer_task]
-    features = model.preprocess(_SAMPLE_PAIRS)
-    input_names = _input_names(features)
-    wrapper = _Traceable(transformer.model, input_names, output_name)
-    args = tuple(features[k].to(transformer.model.device) for k in input_names)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    axes = {k: {0: "batch_size", 1: "sequence_length"} for k in input_names}
-    axes[output_name] = {0: "batch_size", 1: "sequence_length"} if output_name == "last_hidden_state" else {0: "batch_size"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        # The TorchScript exporter keeps both axes dynamic for ModernBERT and BERT alike.
-        torch.onnx.export(wrapper, args, str(target), input_names=input_names, output_names=[output_name], dynamic_axes=axes, opset_version=opset, dynamo=False)
-    return {"inputs": input_names, "output": output_name, "opset": opset}
-
-
 def _quantize_int8(folder: Path) -> None:
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -168,41 +107,6 @@ def _quantize_int8(folder: Path) -> None:
         raise prerequisite("int8 export needs onnxruntime", fix='pip install "reranker-skill[onnx]"') from None
     # Dynamic int8 of the matrix products only: quantising the embedding table costs ranking quality for little speed.
     quantize_dynamic(str(folder / ONNX_FILE), str(folder / INT8_FILE), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-
-
-def ort_session(onnx_path: Path, *, threads: int | None = None, optimise: bool = True):
-    """An onnxruntime CPU session; `threads` intra-op threads (None: onnxruntime's default), full graph optimisation."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise prerequisite("the ONNX path needs onnxruntime", fix='pip install "reranker-skill[onnx]"') from None
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-class _OrtBackbone:
-    """Stands in for the Hugging Face model inside the Transformer module, running the ONNX graph instead."""
-
-    def __new__(cls, onnx_path_or_session, config, output_name: str):
-        import torch
-
-        session = onnx_path_or_session if hasattr(onnx_path_or_session, "run") else ort_session(Path(onnx_path_or_session))
-        names = [i.name for i in session.get_inputs()]
-
-        class Backbone(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.config = config
-
-            def forward(self, **kwargs):
-                feed = {n: kwargs[n].cpu().numpy() for n in names}
-                return {output_name: torch.from_numpy(session.run(None, feed)[0])}
-
-        return Backbone()
 
 
 def load_exported(folder: Path, original_path: Path, file_name: str) -> tuple[Any, str, str | None]:
@@ -217,8 +121,7 @@ def load_exported(folder: Path, original_path: Path, file_name: str) -> tuple[An
     except Exception as exc:  # Optimum missing or incompatible: still measure the graph itself
         reason = f'CrossEncoder(DIR, backend="onnx") did not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); parity measured with onnxruntime directly'
     model = _load_original(original_path)
-    transformer = model[0]
-    transformer.model = _OrtBackbone(folder / file_name, transformer.model.config, _OUTPUT_NAMES[transformer.transformer_task])
+    use_graph(model, folder / file_name)
     return model, "onnxruntime", reason
 
 
@@ -414,7 +317,9 @@ def export_model(
         if run is None:
             raise SkillError("give --out DIR (or --run runs/NAME to write into its export/ folder)", code=ExitCode.USAGE, fix="reranker-skill export --model PATH --out exported/")
         out = run / "export" / ("onnx-int8" if quantize else "onnx")
-    model, out = Path(model), Path(out)
+    from skill.loading import PACKAGED_PREFIX, resolve_packaged
+
+    model, out = Path(resolve_packaged(str(model)) if str(model).startswith(PACKAGED_PREFIX) else model), Path(out)
     kind = check_reranker_folder(model)
     if out.resolve() == model.resolve() or model.resolve() in out.resolve().parents:
         raise invalid("--out must not be inside the model folder", where=str(out), fix="choose an --out outside the model folder")

@@ -175,6 +175,8 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_0
     delta = float(d.mean())
     if not d.any():
         return Paired(0.0, 0.0, 0.0, 1.0, n, 0, 0)
+    if n == 1:  # both sign flips give the same |mean|: the exact two-sided p is 1 (scipy refuses one observation)
+        return Paired(delta, delta, delta, 1.0, n, better, worse)
     from scipy import stats
 
     lo, hi = mean_ci(d, resamples=resamples, confidence=confidence, seed=seed)

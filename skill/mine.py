@@ -20,7 +20,6 @@ are exactly the first stage's top K.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from skill.data import Dataset, Split, load_dataset, split_queries
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import atomic_path, hash_obj, write_json, write_parquet
+from skill.loading import load_sentence_transformer, model_identity
 from skill.manifest import Run, Stage
 
 OUTPUTS = {
@@ -105,37 +105,8 @@ def retrieve_bm25(doc_texts: list[str], query_texts: list[str], depth: int, posi
     return Retrieved(top_idx, top_score, pos_score, pos_rank, pair_scores)
 
 
-def _model_identity(name: str) -> str:
-    """What the embedding cache keys on: a folder's file names, sizes and mtimes, or a hub id."""
-    path = Path(name)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return hash_obj([(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-    return name
-
-
-def load_sentence_transformer(name: str, *, role: str, flag: str, device: str | None = None):
-    """Load a SentenceTransformer from a folder or hub id; offline/unknown becomes one clear error (exit 4)."""
-    from sentence_transformers import SentenceTransformer
-
-    path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # a hub id is "org/name"
-    if not path.exists() and looks_local:
-        raise missing(f"{role} folder {name!r} does not exist", where=name, fix=f"pass an existing sentence-transformers folder to {flag}")
-    try:
-        return SentenceTransformer(str(path) if path.exists() else name, device=device)
-    except Exception as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)" if offline and not path.exists() else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        raise missing(
-            f"cannot load {role} {name!r} ({why})",
-            where=name,
-            fix=f"pass a local sentence-transformers folder to {flag} (download it where the hub is reachable, then copy it over)",
-        ) from None
-
-
 def _embedding_cache_file(cache_dir: Path, embedder: str, doc_ids: list[str], doc_texts: list[str]) -> Path:
-    key = hash_obj({"model": _model_identity(embedder), "docs": hash_obj(list(zip(doc_ids, doc_texts, strict=True))), "kind": "document", "v": 1})
+    key = hash_obj({"model": model_identity(embedder), "docs": hash_obj(list(zip(doc_ids, doc_texts, strict=True))), "kind": "document", "v": 1})
     return cache_dir / f"corpus-emb-{key[:24]}.npy"
 
 
@@ -300,7 +271,7 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     cfg_dump = {**config.model_dump(mode="json"), "mapping": data.mapping.model_dump(mode="json"), "max_doc_chars": data.max_doc_chars}
     cfg_dump.pop("cache_dir", None)  # where the cache lives does not change the result
     if config.retriever != "bm25":
-        cfg_dump["embedder_identity"] = _model_identity(config.embedder)
+        cfg_dump["embedder_identity"] = model_identity(config.embedder)
     stage = Stage(run, "mine", config=cfg_dump, inputs={"corpus": data.corpus, "queries": data.queries, "qrels": data.qrels, "heldout_queries": config.heldout_queries})
     if not force and stage.fresh():
         prev = stage.previous or {}
@@ -531,7 +502,8 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     ]
     if judged_queries:
         lines.append(f"  held-out recall@{config.eval_top_k}: {summary[f'heldout_recall@{config.eval_top_k}']:.3f}")
-    warnings = no_negative_warnings(counts, config)
+    warnings = list(ds.warnings)  # what reading the files noticed (repeated qrels lines, quoted TSV fields, ...)
+    warnings += no_negative_warnings(counts, config)
     if not ds.qrels:
         warnings.append("no --qrels: held-out queries have no labels, so `evaluate` cannot judge any system; pass --qrels FILE (and --force to redo mine)")
     return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**summary, **metrics}, warnings=warnings, text="\n".join(lines))

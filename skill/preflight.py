@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 from skill.data import (
+    MIN_DOCUMENTS,
     ColumnMapping,
     LoadResult,
     Problem,
@@ -14,12 +15,16 @@ from skill.data import (
     load_corpus,
     load_qrels,
     load_queries,
+    workflow_problems,
 )
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError
 
 MAX_PROBLEMS_SHOWN = 20
 LENGTH_SAMPLE = 2000
+AT_K = 10  # the headline metric is NDCG@10
+STATUS = {"error": "INVALID", "mapping": "NEEDS MAPPING", "labels": "NEEDS LABELS"}  # in this order of precedence
+TAG = {"error": "ERROR", "mapping": "MAPPING", "labels": "LABELS"}
 
 
 def _guarded(load, path: Path, kind: str) -> LoadResult:
@@ -43,9 +48,13 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
     r = None
     if qrels is not None:
         r = _guarded(lambda: load_qrels(qrels, mapping, corpus=c.value, queries=q.value, stop_at_first=False), qrels, "qrels")
-    problems: list[Problem] = c.problems + q.problems + (r.problems if r else [])
-    warnings: list[str] = []
+    loaded = [c, q, *([r] if r else [])]
+    problems: list[Problem] = [p for x in loaded for p in x.errors]
+    warnings: list[str] = [p.line() for x in loaded for p in x.warnings]
     metrics: dict = {}
+    if c.value is not None and q.value is not None and not any(x.errors for x in loaded) and len(c.value) and len(q.value):
+        # what keeps valid data from the whole workflow: `mine` refuses the same (skill.data.load_dataset)
+        problems += workflow_problems(c.value, q.value, r.value if r else None, qrels_path=qrels)
 
     if c.value is not None and len(c.value) == 0 and not c.errors:
         problems.append(Problem("error", "empty_corpus", "the corpus has no documents", str(corpus), "give at least one document"))
@@ -64,7 +73,7 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
         metrics["duplicate_queries"] = dups
         if dups:
             warnings.append(f"{dups} queries repeat another query's text; the split keeps each text on one side")
-    if r is not None and r.value is not None and q.value is not None:
+    if r is not None and r.value is not None and q.value is not None and not r.errors:  # counts from a broken file would mislead
         with_pos = [qid for qid in q.value.texts if r.value.positives(qid)]
         metrics["qrels"] = sum(len(v) for v in r.value.labels.values())
         metrics["queries_with_positives"] = len(with_pos)
@@ -73,19 +82,16 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
         metrics["relevance_grades"] = grades
         if len(with_pos) < len(q.value):
             warnings.append(f"{len(q.value) - len(with_pos)} queries have no positive in qrels: they can be trained on (teacher labels) but not evaluated")
-        if len(with_pos) < 20:
+        if 0 < len(with_pos) < 20:
             warnings.append(f"only {len(with_pos)} queries have positives: held-out metrics will be noisy (aim for 50+ held-out queries)")
-    elif qrels is None:
-        warnings.append("no --qrels: training works from teacher scores alone, but evaluation needs labelled held-out queries")
+    if c.value is not None and MIN_DOCUMENTS <= len(c.value) < AT_K:
+        warnings.append(f"the corpus has {len(c.value)} documents: each query has fewer than {AT_K} candidates, so NDCG@{AT_K} is computed on short lists")
 
     tok = None
     if tokenizer:
-        try:
-            from transformers import AutoTokenizer
+        from skill.loading import load_tokenizer
 
-            tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)  # never run a folder's custom code (nor prompt for it)
-        except Exception as exc:
-            raise SkillError(f"cannot load tokenizer {tokenizer!r} ({type(exc).__name__})", code=ExitCode.MISSING_RESOURCE, fix="pass a local folder or a reachable hub id") from None
+        tok = load_tokenizer(tokenizer, role="tokenizer", flag="--tokenizer")  # never runs a folder's custom code (nor prompts for it)
     unit = "tokens" if tok is not None else "words"
     rng = random.Random(0)
     for name, loaded in (("document", c), ("query", q)):
@@ -97,11 +103,10 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
     if doc_len and unit == "tokens" and doc_len.get("p90", 0) > 512:
         warnings.append(f"90% of documents fit in {doc_len['p90']} tokens; pairs are truncated at max_seq_length (default 512) — consider chunking")
 
-    errors = [p for p in problems if p.severity == "error"]
-    mapping_needed = [p for p in problems if p.severity == "mapping"]
-    status = "INVALID" if errors else "NEEDS MAPPING" if mapping_needed else "READY"
+    ordered = [p for severity in STATUS for p in problems if p.severity == severity]
+    status = STATUS[ordered[0].severity] if ordered else "READY"
     metrics["status"] = status
-    metrics["problems"] = len(errors) + len(mapping_needed)
+    metrics["problems"] = len(ordered)
 
     lines = [f"{status}"]
     for key in ("documents", "queries", "qrels", "queries_with_positives", "queries_without_positives", "duplicate_documents", "duplicate_queries"):
@@ -110,18 +115,18 @@ def inspect_data(*, corpus: Path, queries: Path, qrels: Path | None, mapping: Co
     for key, stats in metrics.items():
         if key.endswith(("_tokens", "_words")) and stats:
             lines.append(f"  {key.replace('_', ' ')}: p50 {stats['p50']}, p90 {stats['p90']}, p99 {stats['p99']}, max {stats['max']}")
-    shown = (mapping_needed + errors)[:MAX_PROBLEMS_SHOWN]
+    shown = ordered[:MAX_PROBLEMS_SHOWN]
     for p in shown:
-        lines.append(f"{'MAPPING' if p.severity == 'mapping' else 'ERROR'} {p.line()}")
-    if len(mapping_needed + errors) > len(shown):
-        lines.append(f"... and {len(mapping_needed + errors) - len(shown)} more (see --json)")
+        lines.append(f"{TAG[p.severity]} {p.line()}")
+    if len(ordered) > len(shown):
+        lines.append(f"... and {len(ordered) - len(shown)} more (see --json)")
 
     ok = status == "READY"
     return Result(
         artifacts={},
         metrics=metrics,
         warnings=warnings,
-        errors=[{"code": int(ExitCode.INVALID_INPUT), "kind": p.kind, "message": p.message, "where": p.where, "fix": p.fix} for p in mapping_needed + errors],
+        errors=[{"code": int(ExitCode.INVALID_INPUT), "kind": p.kind, "message": p.message, "where": p.where, "fix": p.fix} for p in ordered],
         status="ok" if ok else "error",
         exit_code=ExitCode.OK if ok else ExitCode.INVALID_INPUT,
         text="\n".join(lines),

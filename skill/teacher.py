@@ -20,58 +20,28 @@ from pathlib import Path
 import numpy as np
 
 from skill.config import TeacherSpec
-from skill.errors import ExitCode, SkillError, invalid, missing, prerequisite
+from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import hash_file, hash_obj
+from skill.loading import PACKAGED_PREFIX, hub_offline, load_failure, model_identity, resolve_model, resolve_packaged, revision
 
 SCORE_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".gz")
-MXBAI_TRUE, MXBAI_FALSE = "1", "0"
-
-
-def _hub_unreachable() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-
-
-def _load_failure(name: str, exc: Exception | None, *, what: str = "teacher") -> SkillError:
-    local = Path(name).expanduser().exists()
-    if not local and _hub_unreachable():
-        why = "not a local file or folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
-    elif not local:
-        why = f"not a local file or folder, and not loadable from the hub ({type(exc).__name__ if exc else 'not found'})"
-    else:
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if exc and str(exc) else "unreadable"
-    return missing(
-        f"cannot load {what} {name!r}: {why}",
-        where=name,
-        fix="pass a local model folder (download it where the hub is reachable, then copy it over), or a scores file with --teacher-type file",
-    )
-
-
-def model_identity(name: str) -> str:
-    """A cheap fingerprint: a folder's file names, sizes and mtimes; a file's content hash; else the hub id."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return hash_obj([(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-    if path.is_file():
-        return hash_file(path)
-    return name
-
-
-def _revision(name: str, model=None) -> str | None:
-    """The hub commit for a hub model; `local:<fingerprint>` for a folder."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return f"local:{model_identity(name)[:16]}"
-    try:
-        config = model[0].model.config if model is not None else None
-        commit = getattr(config, "_commit_hash", None)
-        return commit
-    except Exception:
-        return None
+__all__ = [
+    "BiEncoderTeacher",
+    "CrossEncoderTeacher",
+    "FileTeacher",
+    "ModelTeacher",
+    "MxbaiTeacher",
+    "OnnxCrossEncoderTeacher",
+    "detect_type",
+    "load_teacher",
+    "model_identity",
+]
 
 
 def detect_type(name: str) -> str:
     """Guess the adapter from what is on disk (or the hub id); `auto` never guesses a hub id's architecture offline."""
+    if name.startswith(PACKAGED_PREFIX):
+        name = resolve_packaged(name)
     path = Path(name).expanduser()
     if path.is_file():
         return "file"
@@ -87,18 +57,26 @@ def detect_type(name: str) -> str:
             where=str(path),
             fix="pass --teacher-type cross-encoder, bi-encoder or mxbai-v2",
         )
-    if name.lower().endswith(SCORE_FILE_SUFFIXES) or name.startswith((".", "/", "~")):
-        raise missing("teacher file or folder not found", where=name, fix="check the path")
+    if name.lower().endswith(SCORE_FILE_SUFFIXES):
+        raise missing("teacher scores file not found", where=name, fix="check the path")
+    resolve_model(name, role="teacher", flag="--teacher")  # a path that does not exist: exit 4 here
     lowered = name.lower()
     if "mxbai-rerank" in lowered and "v2" in lowered:
         return "mxbai-v2"
-    if _hub_unreachable():
-        raise _load_failure(name, None)
+    if hub_offline():
+        raise load_failure(name, None, role="teacher", flag="--teacher")
     return "cross-encoder"
 
 
 # ---------------------------------------------------------------------------------------------
 # Model adapters
+#
+# `max_length` means the same for every model teacher: at most that many tokens of query and
+# document text per pair. What the model adds on top — a cross-encoder's special tokens
+# ([CLS] … [SEP] … [SEP]), mxbai-rerank v2's prompt template, a bi-encoder's special tokens
+# around each text — is `overhead_tokens`, counted by `lengths()` and by the token budget,
+# never taken out of the text's share. Where the model's own limit is lower, the text's share
+# shrinks to fit and `max_length` records what was really used.
 
 
 @dataclass
@@ -114,6 +92,7 @@ class ModelTeacher:
     dtype: str = "fp32"
     extra: dict = field(default_factory=dict)
     backend: str = "torch"
+    overhead_tokens: int = 0  # special/template tokens on top of max_length text tokens
 
     @property
     def fingerprint(self) -> str:
@@ -123,9 +102,20 @@ class ModelTeacher:
         return hash_obj(key)
 
     def describe(self) -> dict:
-        return {"id": self.name, "type": self.type, "revision": self.revision, "weight": self.weight, "score_space": self.score_space, "dtype": self.dtype, "backend": self.backend}
+        return {
+            "id": self.name,
+            "type": self.type,
+            "revision": self.revision,
+            "weight": self.weight,
+            "score_space": self.score_space,
+            "dtype": self.dtype,
+            "backend": self.backend,
+            "max_length": self.max_length,
+            "overhead_tokens": self.overhead_tokens,
+        }
 
     def lengths(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Tokens each pair occupies in the model's input, overhead included (for bucketing and the token budget)."""
         raise NotImplementedError
 
     def score_batch(self, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -144,16 +134,18 @@ def _resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _resolve_dtype(dtype: str, device: str) -> str:
-    """Half precision only on a GPU (bf16 autocast on CPU is ~180x slower)."""
+def _resolve_dtype(dtype: str, device: str, *, fp16_fallback: bool = True) -> str:
+    """Half precision only on a GPU (bf16 autocast on CPU is ~180x slower); `auto` is bf16 where supported."""
     import torch
 
     if not device.startswith("cuda"):
         if dtype in ("fp16", "bf16"):
-            raise SkillError(f"--dtype {dtype} needs a CUDA GPU; on {device} scoring runs in fp32", code=ExitCode.USAGE, fix="drop --dtype (auto picks fp32 on CPU)")
+            raise SkillError(
+                f"--dtype {dtype} needs a CUDA GPU; on {device} scoring runs in fp32", code=ExitCode.USAGE, fix="drop --dtype (auto picks fp32 on CPU)"
+            )
         return "fp32"
     if dtype == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16" if fp16_fallback else "fp32"
     return dtype
 
 
@@ -163,45 +155,88 @@ def _torch_dtype(dtype: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
-def _pair_lengths(tokenizer, pairs: list[tuple[str, str]], max_length: int, *, extra: int = 0, chunk: int = 8192) -> np.ndarray:
+def _pair_lengths(tokenizer, pairs: list[tuple[str, str]], max_length: int, *, chunk: int = 8192) -> np.ndarray:
+    """Token counts of the (query, document) inputs as the tokenizer builds them (special tokens included), cut at `max_length`."""
     out = np.empty(len(pairs), dtype=np.int32)
     for start in range(0, len(pairs), chunk):
         part = pairs[start : start + chunk]
         enc = tokenizer([q for q, _ in part], [d for _, d in part], truncation=True, max_length=max_length)
-        out[start : start + len(part)] = [len(ids) + extra for ids in enc["input_ids"]]
-    return np.minimum(out, max_length + extra)
+        out[start : start + len(part)] = [len(ids) for ids in enc["input_ids"]]
+    return np.minimum(out, max_length)
+
+
+def _special_tokens(tokenizer, *, pair: bool) -> int:
+    try:
+        return int(tokenizer.num_special_tokens_to_add(pair=pair))
+    except Exception:
+        return 0
+
+
+def _refuse_untrained_head(model, spec: TeacherSpec) -> None:
+    """A cross-encoder whose score head is not in its checkpoint would label with random numbers: exit 5."""
+    from skill.loading import untrained_head
+    from skill.modeling import model_folder_kind
+
+    found = untrained_head(model)
+    if found is None:
+        return
+    names, weights = found
+    source = resolve_model(spec.model, role="teacher", flag="--teacher")
+    kind = model_folder_kind(Path(source)) if Path(source).is_dir() else None
+    if kind == "bi-encoder":
+        fix = "it is a sentence-transformers embedding model: pass --teacher-type bi-encoder (cosine scores), or a trained cross-encoder"
+    elif kind == "causal-lm":
+        fix = "it is a causal LM: for mxbai-rerank v2 pass --teacher-type mxbai-v2"
+    else:
+        fix = "pass a trained reranker (a CrossEncoder folder or a *ForSequenceClassification checkpoint with its head); an encoder without a head can teach as --teacher-type bi-encoder, or be a student base (render --base)"
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    raise invalid(
+        f"teacher {spec.model!r} has no trained score head: {shown} are not in its weights, so they would be randomly initialised and the labels random",
+        where=weights,
+        fix=fix,
+    )
 
 
 class CrossEncoderTeacher(ModelTeacher):
-    """Any sentence-transformers CrossEncoder, forced to raw scores (activation Identity)."""
+    """Any sentence-transformers CrossEncoder with a trained head, forced to raw scores (activation Identity)."""
 
     @classmethod
-    def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str, kind: str = "cross-encoder") -> CrossEncoderTeacher:
-        from skill.modeling import load_reranker
+    def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> CrossEncoderTeacher:
+        from skill.loading import load_cross_encoder
 
         device = _resolve_device(device)
         dtype = _resolve_dtype(dtype, device)
-        path = Path(spec.model).expanduser()
-        try:
-            model = load_reranker(str(path) if path.exists() else spec.model, device=device)
-        except SkillError:
-            raise
-        except Exception as exc:
-            raise _load_failure(spec.model, exc) from None
+        model = load_cross_encoder(spec.model, role="teacher", flag="--teacher", device=device)
         if model.num_labels != 1:
-            raise invalid(f"teacher {spec.model!r} has {model.num_labels} outputs; a teacher must give one score per pair", where=spec.model, fix="use a single-output reranker (num_labels=1)")
+            raise invalid(
+                f"teacher {spec.model!r} has {model.num_labels} outputs; a teacher must give one score per pair",
+                where=spec.model,
+                fix="use a single-output reranker (num_labels=1)",
+            )
+        _refuse_untrained_head(model, spec)
+        special = _special_tokens(model.tokenizer, pair=True)
         # The model's own limit wins when lower (ModernBERT-style configs allow 8192 but were trained shorter).
-        max_length = min(max_length, model.max_seq_length or max_length)
-        model.max_seq_length = max_length
+        seq = min(max_length + special, model.max_seq_length or max_length + special)
+        model.max_seq_length = seq
         model.eval()
         if dtype != "fp32":
             model.to(_torch_dtype(dtype))
-        teacher = cls(name=spec.model, type=kind, weight=spec.weight, score_space="raw_logit", max_length=max_length, device=device, model=model, dtype=dtype)
-        teacher.revision = _revision(spec.model, model)
+        teacher = cls(
+            name=spec.model,
+            type="cross-encoder",
+            weight=spec.weight,
+            score_space="raw_logit",
+            max_length=seq - special,
+            device=device,
+            model=model,
+            dtype=dtype,
+        )
+        teacher.overhead_tokens = special
+        teacher.revision = revision(spec.model, model)
         return teacher
 
     def lengths(self, pairs):
-        return _pair_lengths(self.model.tokenizer, pairs, self.max_length)
+        return _pair_lengths(self.model.tokenizer, pairs, self.max_length + self.overhead_tokens)
 
     def score_batch(self, pairs):
         import torch
@@ -222,7 +257,7 @@ def onnx_fallback_reason(teacher) -> str | None:
         return f"a {teacher.type} teacher has no ONNX path (cross-encoders only)"
     if not str(teacher.device).startswith("cpu"):
         return f"the ONNX path is for CPU; on {teacher.device} torch with {teacher.dtype} is the fast path"
-    from skill.export import onnx_unsupported
+    from skill.onnx import onnx_unsupported
 
     return onnx_unsupported(teacher.model)
 
@@ -241,24 +276,10 @@ def parity_drift(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a[fa] - b[fb]).max()) if fa.any() else 0.0
 
 
-def _weights_digest(module) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes: the model's content, wherever it was loaded from."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    return h.hexdigest()
-
-
 class OnnxCrossEncoderTeacher(CrossEncoderTeacher):
     """A CPU cross-encoder whose transformer runs as an ONNX graph in onnxruntime; pooling and head stay in torch.
 
-    The graph is traced once (skill.export.trace_onnx) into `cache_dir/onnx-<key>/`, keyed by the
+    The graph is traced once (skill.onnx.cached_graph) into `cache_dir/onnx-<key>/`, keyed by the
     transformer's weights, config and the exporter's versions, and reused by later runs. Before
     the first batch is committed it is scored by torch too; past ONNX_PARITY_TOLERANCE the run stops.
     """
@@ -277,71 +298,18 @@ class OnnxCrossEncoderTeacher(CrossEncoderTeacher):
         out.threads = threads or cpu_cores()
         return out
 
-    def cache_key(self) -> str:
-        import torch
-        import transformers
-
-        from skill.export import onnx_input_names
-
-        hf = self.model[0].model
-        config = hf.config
-        return hash_obj(
-            {
-                "weights": _weights_digest(hf),
-                "config": config.to_json_string(use_diff=False),
-                "attn": getattr(config, "_attn_implementation", None),
-                "task": self.model[0].transformer_task,
-                "inputs": onnx_input_names(self.model),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "opset": 17,
-            }
-        )[:16]
-
-    def _export(self) -> tuple[Path, bool, float]:
-        """The cached graph (exported now if absent): (folder, cache hit, export seconds)."""
-        import shutil
-        import tempfile
-        import time
-
-        from skill.export import ONNX_FILE, trace_onnx
-        from skill.io import write_json
-
-        folder = self.cache_dir / f"onnx-{self.cache_key()}"
-        if (folder / ONNX_FILE).exists():
-            return folder, True, 0.0
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=self.cache_dir))
-        try:
-            start = time.perf_counter()
-            graph = trace_onnx(self.model, tmp / ONNX_FILE)
-            seconds = time.perf_counter() - start
-            write_json(tmp / "export.json", {"teacher": self.name, "revision": self.revision, "graph": graph, "export_seconds": round(seconds, 2)})
-            try:
-                os.replace(tmp, folder)  # atomic: a folder under the final name is complete
-            except OSError:
-                if not (folder / ONNX_FILE).exists():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another shard published the same graph first
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder, False, seconds
-
     def before_scoring(self, first_batch):
         import shutil
 
-        from skill.export import _OUTPUT_NAMES, ONNX_FILE, _OrtBackbone, ort_session
+        from skill.onnx import ONNX_FILE, cached_graph, ort_session, use_graph
 
-        transformer = self.model[0]
         if "onnx" in self.extra:  # already switched over (the graph's parity was checked then)
             return self.extra["onnx"]
-        torch_model = transformer.model
-        folder, hit, seconds = self._export()
+        folder, hit, seconds = cached_graph(self.model, self.cache_dir, note={"teacher": self.name, "revision": self.revision})
         session = ort_session(folder / ONNX_FILE, threads=self.threads, optimise=True)
-        transformer.model = _OrtBackbone(session, torch_model.config, _OUTPUT_NAMES[transformer.transformer_task])
+        torch_model = use_graph(self.model, session)
         onnx_scores = self.score_batch(first_batch)
-        transformer.model = torch_model
+        self.model[0].model = torch_model
         torch_scores = self.score_batch(first_batch)
         drift = parity_drift(onnx_scores, torch_scores)
         if not drift <= ONNX_PARITY_TOLERANCE:
@@ -352,7 +320,7 @@ class OnnxCrossEncoderTeacher(CrossEncoderTeacher):
                 where=str(folder),
                 fix="rerun with --backend torch (the default); the cached graph was removed, so a rerun with --backend onnx exports it afresh; nothing was written",
             )
-        transformer.model = _OrtBackbone(session, torch_model.config, _OUTPUT_NAMES[transformer.transformer_task])
+        use_graph(self.model, session)
         del torch_model  # the graph holds its own copy of the weights
         self.extra["onnx"] = {
             "onnx_cache": "hit" if hit else "miss",
@@ -364,53 +332,47 @@ class OnnxCrossEncoderTeacher(CrossEncoderTeacher):
         return self.extra["onnx"]
 
 
-class MxbaiPackageTeacher(ModelTeacher):
-    """mxbai-rerank v2 through the `mxbai-rerank` package: logit("1") − logit("0"), unnormalised."""
+class MxbaiTeacher(ModelTeacher):
+    """mxbai-rerank v2 scored natively (skill.mxbai): logit("1") − logit("0") of the reference's prompt, unnormalised."""
 
     @classmethod
-    def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> MxbaiPackageTeacher:
-        try:
-            from mxbai_rerank import MxbaiRerankV2
-        except ImportError:
-            raise prerequisite(
-                f"teacher {spec.model!r} is mxbai-rerank v2, which this sentence-transformers cannot load with its LogitScore head",
-                fix='pip install "reranker-skill[mxbai]" (the mxbai-rerank package)',
-            ) from None
+    def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> MxbaiTeacher:
+        from skill.mxbai import load_scorer
+
         device = _resolve_device(device)
-        dtype = _resolve_dtype(dtype, device)
+        dtype = _resolve_dtype(dtype, device, fp16_fallback=False)  # fp16 overflows in Qwen2's activations: fp32 where bf16 is missing
+        source = resolve_model(spec.model, role="teacher", flag="--teacher")
         try:
-            model = MxbaiRerankV2(spec.model, device=device, torch_dtype=_torch_dtype(dtype), max_length=max_length)
+            scorer = load_scorer(source, max_length=max_length, device=device, dtype=dtype)
+        except SkillError:
+            raise
         except Exception as exc:
-            raise _load_failure(spec.model, exc) from None
-        teacher = cls(name=spec.model, type="mxbai-v2", weight=spec.weight, score_space="raw_logit", max_length=max_length, device=device, model=model, dtype=dtype)
-        teacher.revision = _revision(spec.model)
+            raise load_failure(
+                spec.model,
+                exc,
+                role="teacher",
+                flag="--teacher",
+                fix="pass a mxbai-rerank v2 folder in the hub layout (a Qwen2ForCausalLM: config.json, weights, tokenizer), or another --teacher-type",
+            ) from None
+        teacher = cls(
+            name=spec.model,
+            type="mxbai-v2",
+            weight=spec.weight,
+            score_space="raw_logit",
+            max_length=scorer.max_length,
+            device=device,
+            model=scorer,
+            dtype=dtype,
+        )
+        teacher.overhead_tokens = scorer.prompt.template_length
+        teacher.revision = revision(spec.model, scorer.model)
         return teacher
 
     def lengths(self, pairs):
-        return _pair_lengths(self.model.tokenizer, pairs, self.max_length, extra=self.model.predefined_length)
+        return self.model.lengths(list(pairs))
 
     def score_batch(self, pairs):
-        scores = self.model.predict([q for q, _ in pairs], [d for _, d in pairs], normalize=False)
-        return scores.float().reshape(-1).numpy()
-
-
-def load_mxbai(spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> ModelTeacher:
-    """Through sentence-transformers when it loads the model with a LogitScore("1", "0") head, else the package."""
-    try:
-        teacher = CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype, kind="mxbai-v2")
-    except SkillError as err:
-        if err.code == ExitCode.MISSING_RESOURCE and not Path(spec.model).expanduser().exists() and _hub_unreachable():
-            raise
-        teacher = None
-    if teacher is not None:
-        from sentence_transformers.cross_encoder.modules import LogitScore
-
-        head = next((m for m in teacher.model if isinstance(m, LogitScore)), None)
-        tok = teacher.model.tokenizer
-        ids = [tok.convert_tokens_to_ids(t) for t in (MXBAI_TRUE, MXBAI_FALSE)]
-        if head is not None and [head.true_token_id, head.false_token_id] == ids:
-            return teacher
-    return MxbaiPackageTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
+        return self.model.score(list(pairs))
 
 
 class BiEncoderTeacher(ModelTeacher):
@@ -418,22 +380,28 @@ class BiEncoderTeacher(ModelTeacher):
 
     @classmethod
     def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> BiEncoderTeacher:
-        from skill.mine import load_sentence_transformer
+        from skill.loading import load_sentence_transformer
 
         device = _resolve_device(device)
         dtype = _resolve_dtype(dtype, device)
         model = load_sentence_transformer(spec.model, role="teacher", flag="--teacher", device=device)
-        model.max_seq_length = min(max_length, model.max_seq_length or max_length)
+        special = _special_tokens(model.tokenizer, pair=False)
+        seq = min(max_length + special, model.max_seq_length or max_length + special)
+        model.max_seq_length = seq
         model.eval()
         if dtype != "fp32":
             model.to(_torch_dtype(dtype))
-        teacher = cls(name=spec.model, type="bi-encoder", weight=spec.weight, score_space="cosine", max_length=max_length, device=device, model=model, dtype=dtype)
-        teacher.revision = _revision(spec.model)
+        teacher = cls(
+            name=spec.model, type="bi-encoder", weight=spec.weight, score_space="cosine", max_length=seq - special, device=device, model=model, dtype=dtype
+        )
+        teacher.overhead_tokens = special
+        teacher.revision = revision(spec.model, model)
         return teacher
 
     def lengths(self, pairs):
+        """The document's tokens (queries are short and embedded once each), special tokens included."""
         tok = self.model.tokenizer
-        enc = tok([d for _, d in pairs], truncation=True, max_length=self.max_length)
+        enc = tok([d for _, d in pairs], truncation=True, max_length=self.max_length + self.overhead_tokens)
         return np.asarray([len(ids) for ids in enc["input_ids"]], dtype=np.int32)
 
     # Texts embedded so far: each query and document is encoded once however many pairs it is in
@@ -532,11 +500,15 @@ def load_teacher(spec: TeacherSpec, *, max_length: int, device: str | None = Non
     if kind == "file":
         return FileTeacher.load(spec)
     if spec.score_space is not None:
-        raise SkillError("--score-space applies only to a scores file (--teacher-type file)", code=ExitCode.USAGE, fix="drop --score-space for model teachers: their space is known")
+        raise SkillError(
+            "--score-space applies only to a scores file (--teacher-type file)",
+            code=ExitCode.USAGE,
+            fix="drop --score-space for model teachers: their space is known",
+        )
     if kind == "bi-encoder":
         return BiEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
     if kind == "mxbai-v2":
-        return load_mxbai(spec, max_length=max_length, device=device, dtype=dtype)
+        return MxbaiTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
     return CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
 
 

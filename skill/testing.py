@@ -172,7 +172,7 @@ def write_toy_scored_run(
                 cols["relevance"].append(rel)
                 if teacher:
                     overlap = len(words(data.queries.texts[qid]) & doc_words[d])
-                    cols["label"].append(-4.0 + 1.5 * overlap ** 0.5 + 8.0 * rel)
+                    cols["label"].append(-4.0 + 1.5 * overlap**0.5 + 8.0 * rel)
         return cols
 
     def table(cols: dict[str, list]):
@@ -198,4 +198,154 @@ def write_toy_scored_run(
             "warnings": [],
         },
     )
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny mxbai-rerank-v2-shaped model: a Qwen2ForCausalLM in the hub layout, with a byte-level BPE
+
+# Qwen2's pre-tokenizer split (transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX).
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5's chat template, without the tool-calling branches.
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def build_qwen2_tokenizer(texts: Iterable[str] | None = None, *, vocab_size: int = 600):
+    """A byte-level BPE with Qwen2's normaliser and pre-tokenizer, wrapped as `Qwen2Tokenizer`.
+
+    "0", "1", "yes" and "no" are single tokens (the score tokens of mxbai-rerank v2 and of
+    sentence-transformers' LogitScore default); the chat tokens are special.
+    """
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    from skill.mxbai import CHAT_PREFIX, CHAT_SUFFIX, TASK_PROMPT
+
+    corpus = list(texts) if texts is not None else stdlib_text(600)
+    # The prompt pieces and the score words often enough that they merge as in a real vocabulary.
+    corpus += [CHAT_PREFIX + "query: " + t[:80] + ".\n" + "document: " + t[:200] + "\n" + TASK_PROMPT + CHAT_SUFFIX for t in corpus[:200]]
+    corpus += ["yes", "no"] * 400
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=QWEN2_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    for word in ("0", "1", "yes", "no"):
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise RuntimeError(f"the tiny Qwen2 tokenizer splits {word!r} into {len(ids)} tokens; train it on more text")
+    return tokenizer
+
+
+def build_tiny_qwen2(
+    out_dir: str | Path, *, texts: Iterable[str] | None = None, seed: int = 0, init_std: float = 0.3, max_position_embeddings: int = 4096
+) -> Path:
+    """Save a random tiny `Qwen2ForCausalLM` in the layout of `mixedbread-ai/mxbai-rerank-*-v2` (config, weights, tokenizer).
+
+    Hidden 64, 2 layers, tied embeddings; `init_std` ~0.3 so that logit("1") − logit("0") spreads.
+    The folder is also readable by transformers 4.57 (the mxbai-rerank reference's stack): config.json
+    carries `rope_theta` and tokenizer_config.json `additional_special_tokens`.
+    """
+    import json
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = build_qwen2_tokenizer(texts)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        initializer_range=init_std,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=["Qwen2ForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    # transformers 4.x reads rope_theta at the top level and special tokens as additional_special_tokens.
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["rope_theta"] = 1e6
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tok_path = out_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_path.read_text(encoding="utf-8"))
+    if "extra_special_tokens" in tok_cfg:
+        tok_cfg["additional_special_tokens"] = tok_cfg.pop("extra_special_tokens")
+    tok_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def write_pairs_run(run_dir: str | Path, pairs: list[tuple[str, str]]) -> Path:
+    """A run folder as `mine` leaves it, holding exactly `pairs`: query i → document i, every other pair held out.
+
+    For tests of `score` against reference numbers: the pairs (not a first stage) are the point.
+    """
+    import pyarrow as pa
+
+    from skill.io import write_json, write_parquet
+    from skill.manifest import Run, Stage
+
+    run_dir = Path(run_dir)
+    columns = {k: [] for k in ("query_id", "doc_id", "query", "document", "rank", "first_stage_score", "relevance")}
+    train, held = {k: [] for k in columns}, {k: [] for k in columns}
+    for i, (q, d) in enumerate(pairs):
+        rows = held if i % 2 else train
+        for key, value in zip(columns, (f"q{i}", f"d{i}", q, d, 1, 1.0, 1.0), strict=True):
+            rows[key].append(value)
+    types = {"rank": pa.int32(), "first_stage_score": pa.float32(), "relevance": pa.float32()}
+
+    def table(rows: dict[str, list]):
+        return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
+
+    run = Run(run_dir)
+    with Stage(run, "mine", config={"pairs": len(pairs)}, inputs={}).running() as stage:
+        write_parquet(run_dir / "train_pairs.parquet", table(train))
+        write_parquet(run_dir / "heldout_candidates.parquet", table(held))
+        write_json(run_dir / "qrels_heldout.json", {qid: {did: 1} for qid, did in zip(held["query_id"], held["doc_id"], strict=True)})
+        write_json(run_dir / "split.json", {"train": train["query_id"], "heldout": held["query_id"], "dev": []})
+        stage.outputs.update(
+            {
+                "train_pairs": "train_pairs.parquet",
+                "heldout_candidates": "heldout_candidates.parquet",
+                "qrels_heldout": "qrels_heldout.json",
+                "split": "split.json",
+            }
+        )
     return run_dir

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Model-identity hashes are cached per user; tests keep theirs out of the user's home.
+os.environ.setdefault("RERANKER_SKILL_CACHE", tempfile.mkdtemp(prefix="reranker-skill-test-cache-"))
 
 import pytest
 

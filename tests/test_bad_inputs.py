@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, write_jsonl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from skill.data import Qrels, Queries, check_no_leak, load_corpus, load_pairs, load_qrels, load_queries, normalise_query, split_queries
@@ -220,7 +220,7 @@ def _score_case(case: str, run: Path, t: Path) -> tuple[Path, str]:
     if case == "empty_document":
         rows[1]["document"] = "  "
         write_jsonl(f, rows)
-        return f, "scores.jsonl:2: empty query or document"
+        return f, "scores.jsonl:2 column document: empty document"
     if case == "non_utf8":
         f.write_bytes(b'{"query": "q", "document": "d\xe9", "label": 1.0}\n')
         return f, "scores.jsonl:1: bytes at column"
@@ -416,11 +416,15 @@ def _write_format(path: Path, fmt: str, rows: list[dict]) -> Path:
         write_jsonl(target, rows)
     elif fmt == "jsonl.gz":
         target.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    elif fmt in ("csv", "tsv"):
+    elif fmt == "csv":
         with target.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="," if fmt == "csv" else "\t")
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    elif fmt == "tsv":  # plain text split on tabs, as MS MARCO/BEIR write it: no quoting, so no tab or line break in a value
+        assume(not any(c in str(v) for r in rows for v in r.values() for c in "\t\n\r"))
+        lines = ["\t".join(rows[0])] + ["\t".join(str(v) for v in r.values()) for r in rows]
+        target.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     else:
         pq.write_table(pa.Table.from_pylist(rows), target)
     return target
@@ -499,6 +503,11 @@ def test_property_split_with_qrels(texts, labelled, fraction, seed):
     check_no_leak(split, queries, qrels)
     # An explicit list of held-out ids is honoured, and pulls in the same text's twins.
     chosen = sorted(queries.texts)[: max(1, len(queries.texts) // 3)]
+    twins = {q for q in queries.texts if any(normalise_query(queries.texts[q]) == normalise_query(queries.texts[c]) for c in chosen)}
+    if not any(qrels.positives(q) for q in twins):  # nothing the held-out side could be measured on: refused up front
+        with pytest.raises(SkillError, match=r"none of the .* held-out queries has a positive label"):
+            split_queries(queries, qrels, heldout_ids=chosen)
+        return
     explicit = split_queries(queries, qrels, heldout_ids=chosen)
     assert set(chosen) <= set(explicit.heldout)
     check_no_leak(explicit, queries, qrels)

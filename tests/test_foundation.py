@@ -48,7 +48,7 @@ def test_inspect_ready_on_beir(small_beir):
 
 
 def test_inspect_token_lengths_in_student_tokenizer(small_beir, tiny_base):
-    code, payload = run_json("inspect", "--corpus", small_beir["corpus"], "--queries", small_beir["queries"], "--tokenizer", tiny_base)
+    code, payload = run_json("inspect", "--corpus", small_beir["corpus"], "--queries", small_beir["queries"], "--qrels", small_beir["qrels"], "--tokenizer", tiny_base)
     assert code == 0
     stats = payload["metrics"]["document_length_tokens"]
     assert 3 <= stats["min"] <= stats["max"] < 40
@@ -128,10 +128,12 @@ def test_inspect_malformed_gives_one_clear_line_exit_5_writes_nothing(tmp_path, 
 
 
 def test_map_option_fixes_a_renamed_column(tmp_path):
-    write_jsonl(tmp_path / "c.jsonl", [{"pid": "d1", "contents": "Paris"}])
-    write_jsonl(tmp_path / "q.jsonl", [{"_id": "q1", "text": "paris"}])
-    code, payload = run_json("inspect", "--corpus", tmp_path / "c.jsonl", "--queries", tmp_path / "q.jsonl", "--map", "corpus.id=pid", "--map", "corpus.text=contents")
-    assert code == 0 and payload["metrics"]["documents"] == 1
+    write_jsonl(tmp_path / "c.jsonl", [{"pid": "d1", "contents": "Paris"}, {"pid": "d2", "contents": "Berlin"}])
+    write_jsonl(tmp_path / "q.jsonl", [{"_id": "q1", "text": "paris"}, {"_id": "q2", "text": "berlin"}])
+    (tmp_path / "r.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n", encoding="utf-8")
+    files = ["--corpus", tmp_path / "c.jsonl", "--queries", tmp_path / "q.jsonl", "--qrels", tmp_path / "r.tsv"]
+    code, payload = run_json("inspect", *files, "--map", "corpus.id=pid", "--map", "corpus.text=contents")
+    assert code == 0 and payload["metrics"]["documents"] == 2
     code, payload = run_json("inspect", "--corpus", tmp_path / "c.jsonl", "--queries", tmp_path / "q.jsonl", "--map", "corpus.nope=pid")
     assert code == 2
 

@@ -274,7 +274,7 @@ def test_custom_code_is_never_run_by_the_cli_even_with_yes_on_stdin(evil, tmp_pa
         [sys.executable, "-m", "skill", "inspect", "--corpus", str(stdlib_domain["corpus"]), "--queries", str(stdlib_domain["queries"]), "--tokenizer", str(evil["encoder"])],
         input="y\ny\ny\n", capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=300,
     )
-    assert proc.returncode == 4 and "cannot load tokenizer" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 5 and "cannot load tokenizer" in proc.stderr and "Traceback" not in proc.stderr  # it exists but does not load: invalid
     assert not evil["marker"].exists()
 
 

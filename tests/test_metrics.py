@@ -147,6 +147,14 @@ def test_collapse_rule():
     assert not M.collapsed(0.05, None)[0]  # without a teacher only the absolute floor applies
 
 
+def test_paired_test_on_one_query_is_exact():
+    """One query: the two sign flips give the same |mean difference|, so the exact two-sided p is 1 (hand-computed)."""
+    from skill.metrics import paired_test
+
+    r = paired_test([0.8], [0.5])
+    assert r.p_value == 1.0 and r.queries == 1 and r.better == 1 and abs(r.delta - 0.3) < 1e-12 and r.ci_low == r.ci_high == r.delta
+
+
 def test_holm_adjustment_hand_computed_and_against_the_step_down_rule():
     # By hand: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → running max 0.06.
     assert M.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])

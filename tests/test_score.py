@@ -81,7 +81,7 @@ def test_cross_encoder_teacher_raw_scores_and_tables(ce_run, tiny_reranker):
     np.testing.assert_allclose([r["teacher_score"] for r in hrows], model.predict([(r["query"], r["document"]) for r in hrows]), atol=1e-5)
     meta = json.loads((run / "scores.meta.json").read_text())
     assert meta["score_space"] == "raw_logit" and meta["teachers"][0]["type"] == "cross-encoder"
-    assert meta["teachers"][0]["revision"].startswith("local:")
+    assert meta["teachers"][0]["revision"].startswith("sha256:")  # a folder's content hash (skill.loading.model_identity)
     assert meta["label_stats"]["n"] == scores.num_rows and set(meta["per_query"]) == set(train.column("query_id").to_pylist())
     assert result.metrics["unique_pairs"] == result.metrics["pairs"] + result.metrics["heldout_pairs"] - result.metrics["duplicates_skipped"]
 
@@ -112,7 +112,7 @@ def test_bi_encoder_teacher_is_cosine(bi_run, tiny_base):
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(tiny_base))
-    st.max_seq_length = 128  # the teacher truncates at --max-length
+    st.max_seq_length = 128 + st.tokenizer.num_special_tokens_to_add(pair=False)  # --max-length counts text tokens; [CLS]/[SEP] come on top
     for r in table[:5]:
         q = st.encode_query([r["query"]], normalize_embeddings=True)[0]
         d = st.encode_document([r["document"]], normalize_embeddings=True)[0]
