@@ -505,5 +505,5 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     warnings = list(ds.warnings)  # what reading the files noticed (repeated qrels lines, quoted TSV fields, ...)
     warnings += no_negative_warnings(counts, config)
     if not ds.qrels:
-        warnings.append("no --qrels: held-out queries have no labels, so `evaluate` cannot judge any system; pass --qrels FILE (and --force to redo mine)")
+        warnings.append("no --qrels: held-out queries have no labels, so `evaluate` can compare only against the teacher")
     return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**summary, **metrics}, warnings=warnings, text="\n".join(lines))

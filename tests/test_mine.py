@@ -188,17 +188,6 @@ def test_each_no_negative_warning_is_fixed_by_following_its_advice(cli, stdlib_d
     assert payload["metrics"]["queries_without_negatives"] == 0 and not [w for w in payload["warnings"] if "negative" in w or "only positives" in w]
 
 
-def test_no_qrels_warning_is_fixed_by_following_it(cli, stdlib_domain, tmp_path):
-    base = ["mine", "--run", tmp_path / "r", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--retriever", "bm25"]
-    base += ["--train-top-k", "5", "--eval-top-k", "5"]
-    before = json.loads(cli(*base, "--json").stdout)
-    warning = next(w for w in before["warnings"] if "--qrels" in w)
-    assert "pass --qrels FILE" in warning and "--force" in warning
-    after = cli(*base, "--qrels", stdlib_domain["qrels"], "--force", "--json")
-    assert after.returncode == 0 and not [w for w in json.loads(after.stdout)["warnings"] if "qrels" in w]
-    assert json.loads((tmp_path / "r" / "qrels_heldout.json").read_text())  # evaluate now has labels to judge with
-
-
 def test_guard_flags_stay_backward_compatible(cli, stdlib_domain, tmp_path):
     base = ["mine", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"], "--retriever", "bm25"]
     base += ["--train-top-k", "10", "--eval-top-k", "10"]
