@@ -161,7 +161,7 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="Run folder (created if missing).")
 @click.option("--corpus", type=click.Path(path_type=Path), required=True, help="Corpus file or datasets folder.")
 @click.option("--queries", type=click.Path(path_type=Path), required=True, help="Queries file.")
-@click.option("--qrels", type=click.Path(path_type=Path), help="Relevance labels (needed for the false-negative guard and evaluation).")
+@click.option("--qrels", type=click.Path(path_type=Path), help="Relevance labels (needed for evaluation and the optional false-negative guard).")
 @click.option("--retriever", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True, help="First stage.")
 @click.option("--embedder", default="google/embeddinggemma-300m", show_default=True, help="Dense first stage: sentence-transformers hub id or local folder.")
 @click.option("--train-top-k", type=click.IntRange(min=1), default=30, show_default=True, help="Candidates per training query.")
@@ -174,10 +174,22 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--seed", type=int, default=12, show_default=True)
 @click.option("--negative-rank-min", type=click.IntRange(min=1), default=1, show_default=True, help="Skip negatives ranked above this (rank window start).")
 @click.option("--num-negatives", type=click.IntRange(min=1), help="Keep at most this many negatives per training query (best ranked first).")
-@click.option("--relative-margin", type=click.FloatRange(min=0), default=0.05, show_default=True, help="False-negative guard: drop candidates scored above best positive - |best positive| x margin.")
-@click.option("--absolute-margin", type=float, help="False-negative guard: drop candidates scored above best positive - margin.")
-@click.option("--max-score", type=float, help="Drop candidates whose first-stage score exceeds this.")
-@click.option("--no-guard", is_flag=True, help="Turn the false-negative guard off.")
+@click.option(
+    "--relative-margin",
+    type=click.FloatRange(min=0),
+    help="Opt-in first-stage false-negative guard (for binary labels; off by default: the teacher labels every candidate): "
+    "drop candidates whose guard score is above best positive - |best positive| x margin (0.05 = mine_hard_negatives' usual).",
+)
+@click.option("--absolute-margin", type=float, help="Opt-in guard: drop candidates whose guard score is above best positive - margin.")
+@click.option("--max-score", type=float, help="Opt-in guard: drop candidates whose guard score exceeds this.")
+@click.option(
+    "--guard-score",
+    type=click.Choice(["auto", "bm25", "dense"]),
+    default="auto",
+    show_default=True,
+    help="The real score the guard compares: auto = the first stage's own (BM25 or dense cosine); on hybrid the dense cosine (or bm25), never RRF.",
+)
+@click.option("--no-guard", is_flag=True, help="No first-stage guard (the default); overrides --relative-margin, --absolute-margin and --max-score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding batch size.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Corpus-embedding cache (default RUN/cache).")
 @click.option("--max-doc-chars", type=click.IntRange(min=1), default=None, help="Reject documents longer than this (default 1,000,000).")
@@ -186,13 +198,13 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 def mine_cmd(
     run_dir: Path, corpus: Path, queries: Path, qrels: Path | None, mapping: tuple[str, ...], max_doc_chars: int | None, force: bool, no_guard: bool, **options
 ) -> Result:
-    """Split queries and mine candidates: train pairs (hard negatives behind a false-negative guard), dev and held-out top-K."""
+    """Split queries and mine candidates: train pairs (the first stage's top-K; the teacher labels them), dev and held-out top-K."""
     from skill.config import DataConfig, MineConfig
     from skill.data import ColumnMapping
     from skill.mine import mine
 
     if no_guard:
-        options["relative_margin"] = options["absolute_margin"] = None
+        options["relative_margin"] = options["absolute_margin"] = options["max_score"] = None
     try:
         config = MineConfig(**options)
     except ValueError as exc:
@@ -327,7 +339,11 @@ def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per
 @click.option("--student", metavar="PATH", help="The student to judge (default: RUN/student).")
 @click.option("--base", metavar="PATH", help="The base before training (default: the base recorded by render).")
 @click.option("--skip-base", is_flag=True, help="Do not score the base (saves a pass; train.py already measured its baseline).")
-@click.option("--teacher", is_flag=True, help="Also load the teacher model(s) from scores.meta.json and time them on the same pairs.")
+@click.option(
+    "--teacher/--no-teacher",
+    default=None,
+    help="Time the teacher model(s) of scores.meta.json for the serving recommendation (default: only a small local bi-encoder or cross-encoder).",
+)
 @click.option("--fail-on", type=click.Choice(["regression", "marginal"]), help="Exit 7 when the verdict is REGRESSION (or MARGINAL or worse).")
 @click.option("--margin", type=click.FloatRange(0, 1, max_open=True), default=None, help="ΔNDCG@10 a WIN needs (default 0.01).")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Significance level (default 0.05).")
@@ -338,7 +354,7 @@ def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per
 @click.option("--nanobeir", is_flag=True, help="Also run the NanoBEIR general-domain check (needs the Hugging Face Hub).")
 @click.option("--force", is_flag=True, help="Recompute even when the report is up to date.")
 def evaluate_cmd(run_dir: Path, models: tuple[str, ...], student, base, skip_base, teacher, fail_on, margin, alpha, resamples, batch_size, max_length, device, nanobeir, force) -> Result:
-    """Held-out verdict: first stage vs base vs student vs teacher, significance, fidelity, collapse, cost. Writes report.json/.md/.png."""
+    """Held-out verdict and what to serve: every system vs every other, significance, fidelity, collapse, cost. Writes report.json/.md/.png."""
     from skill.config import EvaluateConfig
     from skill.evaluate import evaluate
 

@@ -36,14 +36,24 @@ class MineConfig(_Section):
     dev_queries: int = Field(50, ge=0)  # training queries kept out of training: checkpoint choice and fusion weight
     seed: int = 12
     batch_size: int = Field(64, ge=1)
-    # hard negatives: rank window + false-negative guard (mine_hard_negatives semantics)
+    # hard negatives: a rank window, and an optional first-stage false-negative guard (off by default:
+    # the teacher labels every candidate; mine_hard_negatives semantics when on, on a real score)
     negative_rank_min: int = Field(1, ge=1)
     num_negatives: int | None = Field(None, ge=1)
-    relative_margin: float | None = Field(0.05, ge=0)
+    relative_margin: float | None = Field(None, ge=0)
     absolute_margin: float | None = None
     max_score: float | None = None
+    guard_score: Literal["auto", "bm25", "dense"] = "auto"  # auto: the first stage's own score; the dense cosine on hybrid
     rrf_k: int = Field(60, ge=1)
     cache_dir: Path | None = None  # corpus-embedding cache; default RUN/cache
+
+    @model_validator(mode="after")
+    def _check_guard_score(self) -> MineConfig:
+        if self.guard_score != "auto" and self.retriever != "hybrid" and self.guard_score != self.retriever:
+            raise ValueError(
+                f"guard_score {self.guard_score!r} needs a first stage that computes it; the {self.retriever} first stage has {self.retriever} scores only"
+            )
+        return self
 
     @field_validator("eval_top_k")
     @classmethod
@@ -138,7 +148,8 @@ class EvaluateConfig(_Section):
     student: str | None = None  # default: RUN/student
     base: str | None = None  # default: the `base` recorded by render in manifest.json
     skip_base: bool = False  # do not score the base (one pass less; train.py already measured its baseline)
-    teacher: bool = False  # also load the teacher model(s) from scores.meta.json to measure their cost
+    # time the teacher model(s) of scores.meta.json: None = when cheap (a local bi-encoder or cross-encoder folder), True = always, False = never
+    teacher: bool | None = None
     fail_on: Literal["regression", "marginal"] | None = None  # not part of the stage's hash: a gate on the report
     margin: float = Field(0.01, ge=0, lt=1)  # WIN needs ΔNDCG@10 ≥ +margin; REGRESSION is Δ ≤ −margin
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired test

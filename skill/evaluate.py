@@ -2,9 +2,11 @@
 
 Reranks the first stage's held-out top-K (as mined; positives never forced in) with every
 system, computes the metrics against ALL held-out positives, tests the differences that
-matter over queries, checks teacher↔student fidelity and score collapse, measures cost, and
-writes report.json, report.md (verdict first) and report.png. `evaluate(run_dir, cfg)` is the
-plain function behind the CLI; `run RECIPE.yaml` calls it too.
+matter over queries, checks teacher↔student fidelity and score collapse, measures cost, tests
+every system against every other and recommends what to serve (the cheapest system that no other
+measured system beats significantly), and writes report.json, report.md (verdict and SERVE line
+first) and report.png. `evaluate(run_dir, cfg)` is the plain function behind the CLI;
+`run RECIPE.yaml` calls it too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ FUSION_FILE = FUSION  # written by train.py next to the student's weights
 FUSED = "student + first stage (fused)"
 REQUIRED_COLUMNS = ("query_id", "doc_id", "query", "document", "rank")
 NANOBEIR_SKIPPED_OFFLINE = "NanoBEIR general-domain check skipped: the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1)"
+TEACHER_TIMING_QUERIES = 32  # the teacher's quality comes from its scores; its cost is timed on this many held-out queries
+TEACHER_AUTO_MAX_MB = 600  # without --teacher/--no-teacher, a local bi-encoder or cross-encoder teacher up to this size is timed
+# Serving cost tiers, cheapest first: the first stage (no reranking), systems timed here (by p50, then p95 ms/query),
+# systems not timed (after every timed one, by structure), external scorers (last).
+COST_TIERS = {"baseline": 0, "measured": 1, "unmeasured": 2, "external": 3}
+STRUCTURE = {"first stage": 0, "bi-encoder": 1, "cross-encoder": 2, "mxbai-v2": 3, "external": 4}  # query-time work, least first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,15 +202,15 @@ def score_with_timing(model, ho: HeldOut, *, batch_size: int, desc: str) -> Scor
     return Scored(scores, latencies, str(model.device), int(sum(p.numel() for p in model.parameters())))
 
 
-def time_scoring(score_fn, ho: HeldOut, *, desc: str) -> tuple[np.ndarray, list[float]]:
-    """`score_fn(pairs) -> scores` over each query's candidates; returns all scores and the seconds per query."""
+def time_scoring(score_fn, ho: HeldOut, *, desc: str, max_queries: int | None = None) -> tuple[np.ndarray, list[float]]:
+    """`score_fn(pairs) -> scores` over each query's candidates (the first `max_queries`); returns the scores (NaN where not scored) and the seconds per query."""
     from tqdm.auto import tqdm
 
     scores = np.full(len(ho.query_ids), np.nan, dtype=np.float64)
     first = next(iter(ho.groups.values()))
     score_fn([(ho.queries[i], ho.documents[i]) for i in first])  # warm-up, not timed
     latencies = []
-    for ix in tqdm(list(ho.groups.values()), desc=desc, unit="query", file=sys.stderr, leave=False):
+    for ix in tqdm(list(ho.groups.values())[:max_queries], desc=desc, unit="query", file=sys.stderr, leave=False):
         pairs = [(ho.queries[i], ho.documents[i]) for i in ix]
         start = time.perf_counter()
         out = score_fn(pairs)
@@ -240,6 +248,7 @@ class System:
     scores: np.ndarray  # one per held-out pair; for the first stage, -rank
     cost: dict | None = None
     note: str | None = None
+    serving: dict = field(default_factory=dict)  # what serving it needs: structure, why its cost is unmeasured, facts for the text
 
 
 def _render_base(run: Run) -> RenderSettings:
@@ -290,15 +299,46 @@ def _base_system(spec: str, render_cfg: RenderSettings, ho: HeldOut, cfg: Evalua
     return System(label, "base", spec, scored.scores, cost)
 
 
+def _local_folder(spec: str) -> str | None:
+    """The folder a model spec names on this machine (a `packaged:` name resolved), or None (a hub id, a file, nothing)."""
+    if not spec:
+        return None
+    try:
+        folder = resolve_packaged(spec) if spec.startswith(PACKAGED_PREFIX) else spec
+    except SkillError:
+        return None
+    return folder if Path(folder).expanduser().is_dir() else None
+
+
+def teacher_profile(run: Run) -> dict:
+    """What `score` recorded about the teacher(s) (scores.meta.json): types, ids, and whether timing them is cheap."""
+    meta_path = run.file(SCORES_META)
+    teachers = (read_json(meta_path).get("teachers") or []) if meta_path.exists() else []
+    members = []
+    for t in teachers:
+        tid, ttype = str(t.get("id") or t.get("model") or ""), str(t.get("type") or "auto")
+        folder = _local_folder(tid)
+        members.append({"id": tid, "type": ttype, "local": folder is not None, "size_mb": folder_size_mb(folder) if folder else None})
+    external = any(m["type"] == "file" for m in members)
+    structure = "external" if external else max((m["type"] for m in members if m["type"] in STRUCTURE), key=STRUCTURE.get, default="cross-encoder")
+    cheap = bool(members) and all(m["local"] and m["type"] in ("bi-encoder", "cross-encoder") and (m["size_mb"] or 0) <= TEACHER_AUTO_MAX_MB for m in members)
+    return {"members": members, "structure": structure, "external": external, "cheap_to_time": cheap}
+
+
 def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> dict | None:
-    """Load the teacher(s) as `score` did (skill.teacher) and time them on the same held-out pairs."""
+    """Load the teacher(s) as `score` did (skill.teacher) and time what serving them costs on held-out queries.
+
+    A cross-encoder (or mxbai) teacher scores every (query, candidate) pair, as the student does. A
+    bi-encoder teacher serves from document embeddings computed once at index time: per query, one
+    query embedding and K dot products (timed against a K × D matrix; the values do not change the cost).
+    """
     meta_path = run.file(SCORES_META)
     if not meta_path.exists():
-        notes.append("--teacher: no scores.meta.json (run `score` first): teacher cost not measured")
+        notes.append("teacher cost not measured: no scores.meta.json (run `score` first)")
         return None
     teachers = ScoresMeta.model_validate(read_json(meta_path)).teachers
     if not teachers:
-        notes.append("--teacher: scores.meta.json lists no teachers: teacher cost not measured")
+        notes.append("teacher cost not measured: scores.meta.json lists no teachers")
         return None
     from skill.config import TeacherSpec
     from skill.teacher import load_teacher
@@ -306,11 +346,12 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
     score_record = run.stage("score")
     max_length = score_record.settings(ScoreSettings).max_length if score_record is not None else 512
     latencies: np.ndarray | None = None
-    sizes, params, devices, ids = [], [], [], []
+    sizes, params, devices, ids, modes = [], [], [], [], []
+    index_docs_per_s = None
     for t in teachers:
         tid, ttype = str(t.get("id") or t.get("model") or ""), t.get("type", "auto")
         if ttype == "file" or not tid:
-            notes.append(f"teacher {tid or '?'} is a scores file: there is no teacher model to time")
+            notes.append(f"teacher {tid or '?'} is a scores file (an external scorer): there is no local model to time")
             return None
         try:
             teacher = load_teacher(TeacherSpec(model=tid, type=ttype, weight=float(t.get("weight", 1.0))), max_length=max_length, device=cfg.device, dtype=t.get("dtype") or "auto")
@@ -321,27 +362,48 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
             notes.append(f"teacher {tid} not loadable here ({type(exc).__name__}): teacher cost not measured")
             return None
         bs = cfg.batch_size
+        if getattr(teacher, "type", None) == "bi-encoder":
+            st = teacher.model
+            first = next(iter(ho.groups.values()))
+            start = time.perf_counter()
+            docs = st.encode_document([ho.documents[i] for i in first], batch_size=bs, normalize_embeddings=True, convert_to_numpy=True)
+            index_docs_per_s = round(len(first) / max(time.perf_counter() - start, 1e-9), 2)
+            width = max(len(ix) for ix in ho.groups.values())
+            doc_matrix = np.resize(np.asarray(docs, dtype=np.float32), (width, docs.shape[1]))  # K × D, as an index would hold
 
-        def score_fn(pairs, teacher=teacher, bs=bs):
-            return np.concatenate([np.asarray(teacher.score_batch(pairs[i : i + bs]), dtype=np.float64) for i in range(0, len(pairs), bs)])
+            def score_fn(pairs, st=st, doc_matrix=doc_matrix):
+                q = st.encode_query([pairs[0][0]], normalize_embeddings=True, convert_to_numpy=True)[0]
+                return doc_matrix[: len(pairs)] @ q
 
-        _, lat = time_scoring(score_fn, ho, desc=f"timing teacher {Path(tid).name}")
+            modes.append("bi-encoder: one query embedding + K dot products with precomputed document embeddings")
+        else:
+
+            def score_fn(pairs, teacher=teacher, bs=bs):
+                return np.concatenate([np.asarray(teacher.score_batch(pairs[i : i + bs]), dtype=np.float64) for i in range(0, len(pairs), bs)])
+
+            modes.append(f"{getattr(teacher, 'type', 'reranker')}: every (query, candidate) pair scored")
+
+        _, lat = time_scoring(score_fn, ho, desc=f"timing teacher {Path(tid).name}", max_queries=TEACHER_TIMING_QUERIES)
         latencies = np.asarray(lat) if latencies is None else latencies + np.asarray(lat)  # an ensemble runs every member
         model = getattr(teacher, "model", None)
-        sizes.append(folder_size_mb(tid))
+        sizes.append(folder_size_mb(_local_folder(tid) or tid))
         params.append(int(sum(p.numel() for p in model.parameters())) if hasattr(model, "parameters") else None)
         devices.append(str(getattr(teacher, "device", "?")))
         ids.append(tid)
         del teacher, model
+    timed = list(ho.groups.values())[:TEACHER_TIMING_QUERIES]
     cost = cost_summary(
         list(latencies),
-        len(ho.query_ids),
+        sum(len(ix) for ix in timed),
         size_mb=sum(sizes) if all(x is not None for x in sizes) else None,
         parameters=sum(params) if all(x is not None for x in params) else None,
         device=",".join(sorted(set(devices))),
         batch_size=cfg.batch_size,
     )
     cost["models"] = ids
+    cost["mode"] = "; ".join(modes)
+    if index_docs_per_s is not None:
+        cost["index_docs_per_s"] = index_docs_per_s
     return cost
 
 
@@ -368,8 +430,11 @@ def _nanobeir(systems: list[System], cfg: EvaluateConfig, notes: list[str]) -> d
     return out
 
 
-def _fused_system(student: str, scores: np.ndarray, ho: HeldOut, notes: list[str]) -> System | None:
-    """The student fused with the first stage at the weight train.py chose on dev queries (student/fusion.json)."""
+def _fused_system(student: str, scored: Scored, ho: HeldOut, notes: list[str], cfg: EvaluateConfig) -> System | None:
+    """The student fused with the first stage at the weight train.py chose on dev queries (student/fusion.json).
+
+    Its cost per query is the student's plus the per-query blend, timed here.
+    """
     path = Path(student).expanduser() / FUSION_FILE
     if not path.is_file():
         return None
@@ -386,7 +451,35 @@ def _fused_system(student: str, scores: np.ndarray, ho: HeldOut, notes: list[str
     source = f"{alpha:g}·z(student) + {1 - alpha:g}·z(first stage), alpha from {FUSION_FILE}" + (f" (chosen on {chosen_on} {split} queries)" if chosen_on else "")
     if split != "dev":
         notes.append(f"the fusion weight was chosen on {split} queries, not dev ones: the fused system's held-out numbers are optimistic")
-    return System(FUSED, "fused", source, M.fuse(scores, ho.first_stage, ho.groups, alpha))
+    fused = np.zeros(len(ho.query_ids), dtype=np.float64)
+    latencies = []
+    for (q, ix), student_s in zip(ho.groups.items(), scored.latencies_s, strict=True):
+        start = time.perf_counter()
+        fused[ix] = M.fuse(scored.scores[ix], ho.first_stage[ix], {q: np.arange(len(ix))}, alpha)
+        latencies.append(student_s + time.perf_counter() - start)
+    size = folder_size_mb(student)
+    cost = cost_summary(latencies, len(ho.query_ids), size_mb=size, parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)
+    return System(FUSED, "fused", source, fused, cost, serving={"structure": "cross-encoder", "alpha": alpha})
+
+
+def _teacher_system(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) -> System:
+    """The teacher's quality from its held-out scores; its serving cost timed when asked (--teacher) or cheap (a small local model)."""
+    profile = teacher_profile(run)
+    serving: dict[str, Any] = {"structure": profile["structure"], "members": profile["members"]}
+    cost = None
+    if profile["external"]:
+        serving["unmeasured"] = "an external scorer (scores file: API / LLM judge): no local serving cost to measure"
+    elif cfg.teacher or (cfg.teacher is None and profile["cheap_to_time"]):
+        cost = _teacher_cost(run, ho, cfg, notes)
+        if cost is None:
+            serving["unmeasured"] = "the teacher model could not be loaded here (see the notes)"
+    elif cfg.teacher is False:
+        serving["unmeasured"] = "not timed (--no-teacher)"
+    else:
+        serving["unmeasured"] = (
+            f"not timed by default (only a local bi-encoder or cross-encoder folder up to {TEACHER_AUTO_MAX_MB} MB is): pass --teacher to load and time it"
+        )
+    return System("teacher", "teacher", f"{ho.path.name}:teacher_score", ho.teacher, cost, serving=serving)
 
 
 def _heldout_key(ho: HeldOut) -> str:
@@ -447,12 +540,11 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="scoring student")
     del model
     systems.append(System("student", "student", student, scored.scores, cost_summary(scored.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(student), parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)))
-    fused = _fused_system(student, scored.scores, ho, notes)
+    fused = _fused_system(student, scored, ho, notes, cfg)
     if fused:
         systems.append(fused)
     if ho.teacher is not None:
-        teacher_cost = _teacher_cost(run, ho, cfg, notes) if cfg.teacher else None
-        systems.append(System("teacher", "teacher", f"{ho.path.name}:teacher_score", ho.teacher, teacher_cost))
+        systems.append(_teacher_system(run, ho, cfg, notes))
     else:
         notes.append(f"no teacher scores ({ho.path.name} has no teacher_score): fidelity and the teacher gate skipped — run `score`")
         if cfg.teacher:
@@ -597,8 +689,12 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
     speedup = None
     if "teacher" in cost and cost["teacher"].get("pairs_per_s") and cost["student"].get("pairs_per_s"):
         speedup = float(f"{cost['student']['pairs_per_s'] / cost['teacher']['pairs_per_s']:.4g}")  # 4 significant digits, also below 1
-    elif teacher and not cfg.teacher:
-        notes.append("teacher cost not measured (pass --teacher to load the teacher model and time it on the same pairs)")
+    elif teacher and teacher.serving.get("unmeasured"):
+        notes.append(f"teacher cost: {teacher.serving['unmeasured']}")
+    serving = serving_profiles(systems, k)
+    ndcg_per_query = {s.name: M.column(per_query[s.name], "ndcg@10", queries) for s in systems}
+    pairs = M.all_pairs(ndcg_per_query, margin=cfg.margin, alpha=cfg.alpha, resamples=cfg.resamples, seed=cfg.seed)
+    recommendation = recommend(serving, pairs, {n: v["metrics"]["ndcg@10"]["mean"] for n, v in summary_systems.items()}, cfg, k)
 
     summary = {
         "verdict": label,
@@ -612,6 +708,9 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         "fused_verdict": fused_verdict["label"] if fused_verdict else None,
         "fused_delta_ndcg@10": fused_verdict["delta"] if fused_verdict else None,
         "fused_p_value": fused_verdict["p_value"] if fused_verdict else None,
+        "recommended": recommendation["system"],
+        "recommended_kind": recommendation["kind"],
+        "recommendation": recommendation["line"],
     }
     return {
         "report_version": 1,
@@ -628,6 +727,7 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
             "thresholds": {"margin": cfg.margin, "alpha": cfg.alpha, "text": thresholds},
         },
         "fused_verdict": fused_verdict,
+        "recommendation": recommendation,
         "collapse": collapse,
         "teacher_gate": gate,
         "data": {
@@ -643,6 +743,8 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         "metric_names": names,
         "systems": summary_systems,
         "comparisons": comparisons,
+        "pairwise": pairs,
+        "serving": serving,
         "fidelity": fid,
         "spread": spreads,
         "cost": cost,
@@ -651,6 +753,10 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         "notes": notes,
         "settings": {
             "test": "paired randomisation (sign-flip) test, two-sided; 95% percentile bootstrap CIs over queries",
+            "multiple_comparisons": (
+                "the verdict and FUSED lines are single planned comparisons (p as tested); the recommendation weighs every pair of systems, "
+                "so its p-values are Holm-adjusted over all pairs (family-wise error ≤ alpha)"
+            ),
             "resamples": cfg.resamples,
             "seed": cfg.seed,
             "ties": "broken by first-stage rank",
@@ -658,6 +764,128 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
             "metrics_engine": "pytrec_eval" if M._pytrec_available() else "exact",
         },
         "per_query": per_query,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# What to serve
+
+
+def _needs(s: System, k: int) -> str:
+    """What serving the system takes, in words, at the candidate depth `k`."""
+    if s.kind == "first_stage":
+        return f"nothing more: the first stage's own top-{k} order (no reranking)"
+    if s.kind == "fused":
+        return f"the student scoring {k} (query, candidate) pairs per query, plus every candidate's first-stage score, blended per query (α = {s.serving['alpha']:g}, student/fusion.json)"
+    if s.kind != "teacher":
+        return f"the reranker scoring {k} (query, candidate) pairs per query"
+    member_needs = {
+        "file": "an external scorer (API / LLM judge) called for every query: its latency and price are the provider's, not measurable here",
+        "bi-encoder": f"the embedding model, with document embeddings computed once at index time; per query one query embedding and {k} dot products",
+        "mxbai-v2": f"the mxbai-rerank LLM scoring {k} pairs per query (a GPU in practice)",
+        "cross-encoder": f"the teacher cross-encoder scoring {k} pairs per query",
+    }
+    members = s.serving.get("members") or [{"type": "cross-encoder"}]
+    texts = [member_needs.get(m["type"], member_needs["cross-encoder"]) for m in members]
+    return texts[0] if len(texts) == 1 else "every member of the teacher ensemble: " + "; ".join(texts)
+
+
+def serving_profiles(systems: list[System], k: int) -> dict[str, dict]:
+    """Per system: what serving it needs and what it costs at depth `k`, with its place in the cost order (1 = cheapest)."""
+    out: dict[str, dict] = {}
+    for s in systems:
+        c = s.cost or {}
+        if s.kind == "first_stage":
+            basis, structure = "baseline", "first stage"
+        else:
+            structure = s.serving.get("structure") or "cross-encoder"
+            basis = "external" if structure == "external" else "measured" if c.get("latency_ms_p50") is not None else "unmeasured"
+        out[s.name] = {
+            "kind": s.kind,
+            "basis": basis,
+            "structure": structure,
+            "latency_ms_p50": 0.0 if basis == "baseline" else c.get("latency_ms_p50"),
+            "latency_ms_p95": 0.0 if basis == "baseline" else c.get("latency_ms_p95"),
+            "size_mb": c.get("size_mb"),
+            "parameters": c.get("parameters"),
+            "device": c.get("device"),
+            "queries_timed": c.get("queries"),
+            "needs": _needs(s, k),
+            "unmeasured": s.serving.get("unmeasured") if basis != "measured" and basis != "baseline" else None,
+        }
+
+    def key(item: tuple[int, str]) -> tuple:
+        i, name = item
+        e = out[name]
+        measured = e["basis"] == "measured"
+        return (COST_TIERS[e["basis"]], e["latency_ms_p50"] if measured else 0.0, e["latency_ms_p95"] if measured else 0.0, STRUCTURE.get(e["structure"], 2), i)
+
+    for rank, (_, name) in enumerate(sorted(enumerate(out), key=key), start=1):
+        out[name]["cost_rank"] = rank
+    return dict(sorted(out.items(), key=lambda kv: kv[1]["cost_rank"]))
+
+
+COST_RULE = (
+    "cheapest first: the first stage (no reranking, 0 ms); then every system timed here, by p50 then p95 ms per query at the candidate depth "
+    "(one query's candidates per request, this machine; the fused system = the student's time + the blend); then systems not timed, after every timed one, "
+    "by structure (bi-encoder < cross-encoder < mxbai LLM); external scorers (a scores-file teacher) last"
+)
+
+
+def _cost_text(e: dict, k: int) -> str:
+    if e["basis"] == "baseline":
+        return "no reranking cost"
+    if e["basis"] == "measured":
+        return f"{e['latency_ms_p50']:.1f} ms/query p50, {e['latency_ms_p95']:.1f} p95 at top-{k} on {e['device']}"
+    return f"cost not measured — {e['unmeasured']}"
+
+
+def recommend(serving: dict[str, dict], pairs: list[dict], ndcg: dict[str, float], cfg: EvaluateConfig, k: int) -> dict:
+    """The cheapest system that no other measured system beats significantly (skill.metrics.cheapest_unbeaten), and why."""
+    order = list(serving)
+    chosen, beaten_by = M.cheapest_unbeaten(order, pairs)
+    e = serving[chosen]
+    pair_of = {frozenset((p["a"], p["b"])): p for p in pairs}
+
+    def fmt(p: dict) -> str:
+        return f"Δ {p['delta']:+.4f}, p (Holm) {p['p_holm']:.3g}"
+
+    reasons = []
+    for name in order:
+        if name == chosen:
+            continue
+        p = pair_of[frozenset((name, chosen))]
+        if order.index(name) < order.index(chosen):
+            by = max(beaten_by[name], key=lambda x: x["delta"])
+            reasons.append(f"{name} is cheaper but beaten by {by['a']} ({fmt(by)})")
+        elif p["delta"] == 0:
+            reasons.append(f"{name} costs more and scores the same ({fmt(p)})")
+        elif p["a"] == name:
+            reasons.append(f"{name} costs more and does not beat it ({name} − {chosen}: {fmt(p)})")
+        else:
+            reasons.append(f"{name} costs more and scores lower ({chosen} − {name}: {fmt(p)}{'; it beats it' if p['beats'] else ''})")
+    if chosen == order[0]:
+        rivals = [pair_of[frozenset((n, chosen))] for n in order[1:]]
+        best = max((p for p in rivals if p["a"] != chosen), key=lambda p: p["delta"], default=None)
+        closest = f" (closest: {best['a']}, {fmt(best)})" if best else ""
+        why = f"no measured system beats it significantly{closest}: reranking would cost more without a significant gain"
+    else:
+        why = "the cheapest system that no other measured system beats significantly; " + "; ".join(r for r in reasons if "is cheaper" in r)
+    line = f"SERVE: {chosen} — NDCG@10 {ndcg[chosen]:.4f}; {_cost_text(e, k)}; {why}."
+    return {
+        "system": chosen,
+        "kind": e["kind"],
+        "line": line,
+        "needs": e["needs"],
+        "reasons": reasons,
+        "rule": (
+            f"serve the cheapest system that no other measured system beats significantly; A beats B when NDCG@10 A − B ≥ +{cfg.margin:g} and the paired "
+            f"randomisation test's p-value, Holm-adjusted over all {len(pairs)} pairs of systems, is < {cfg.alpha:g}"
+        ),
+        "cost_order": order,
+        "cost_rule": COST_RULE,
+        "significance": {"metric": "ndcg@10", "margin": cfg.margin, "alpha": cfg.alpha, "correction": "holm", "pairs": len(pairs)},
+        "beaten_by": {n: [{"by": p["a"], "delta": p["delta"], "p_value": p["p_value"], "p_holm": p["p_holm"]} for p in beaten_by[n]] for n in order},
     }
 
 

@@ -277,3 +277,54 @@ def collapsed(student_median_std: float | None, teacher_median_std: float | None
     if teacher_median_std and student_median_std < ratio * teacher_median_std:
         return True, f"median per-query score spread {student_median_std:.3g} < {ratio:g} × teacher's {teacher_median_std:.3g}"
     return False, f"median per-query score spread {student_median_std:.3g}" + (f" ({student_median_std / teacher_median_std:.2f} × teacher's)" if teacher_median_std else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# What to serve: every measured system against every other, and the cheapest one nobody beats
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (step-down; family-wise error ≤ alpha when compared with alpha). NaN counts as 1."""
+    p = np.nan_to_num(np.asarray(p_values, dtype=np.float64), nan=1.0)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for i, j in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        adjusted[j] = running
+    return adjusted.tolist()
+
+
+def all_pairs(per_system: Mapping[str, Sequence[float]], *, margin: float = 0.01, alpha: float = 0.05, resamples: int = 10_000, seed: int = 12) -> list[dict]:
+    """Every system against every other on one per-query metric (same queries, same order).
+
+    Each pair is oriented `a − b` with `a` the higher mean (ties: the earlier system first) and
+    tested with `paired_test`. Its p-value is Holm-adjusted over all the pairs; `a` *beats* `b`
+    when `verdict(delta, p_holm)` is WIN (delta ≥ margin and p_holm < alpha).
+    """
+    names = list(per_system)
+    values = {n: np.asarray(per_system[n], dtype=np.float64) for n in names}
+    pairs = []
+    for i, x in enumerate(names):
+        for y in names[i + 1 :]:
+            a, b = (x, y) if values[x].mean() >= values[y].mean() else (y, x)
+            pairs.append({"a": a, "b": b, **paired_test(values[a], values[b], resamples=resamples, seed=seed).as_dict()})
+    for pair, p in zip(pairs, holm([pair["p_value"] for pair in pairs]), strict=True):
+        pair["p_holm"] = p
+        pair["beats"] = verdict(pair["delta"], p, margin=margin, alpha=alpha) == "WIN"
+    return pairs
+
+
+def cheapest_unbeaten(cost_order: Sequence[str], pairs: Sequence[Mapping]) -> tuple[str, dict[str, list[Mapping]]]:
+    """The first system in `cost_order` (cheapest first) that no other system beats, and who beats each system.
+
+    One always exists: `beats` needs a higher mean, so the system with the best mean is never beaten.
+    """
+    beaten_by: dict[str, list[Mapping]] = {n: [] for n in cost_order}
+    for pair in pairs:
+        if pair["beats"] and pair["b"] in beaten_by:
+            beaten_by[pair["b"]].append(pair)
+    for name in cost_order:
+        if not beaten_by[name]:
+            return name, beaten_by
+    raise ValueError("every system is beaten by another: the pairs are not from one set of per-query means")

@@ -3,20 +3,26 @@
 First stages: BM25 (`bm25s`), dense (any sentence-transformers model; corpus embeddings are
 cached by content hash), or a hybrid of both by reciprocal-rank fusion.
 
-Training candidates come from a rank window of the first stage's list, behind a
-false-negative guard with the semantics of `sentence_transformers.util.mine_hard_negatives`
-(`relative_margin`, `absolute_margin`, `max_score`): a candidate whose first-stage score is
-too close to, or above, the query's best positive is dropped as a likely unlabelled positive.
-That function itself does not fit here: it is dense-only, keys documents by text (duplicates
-collapse, ids are lost) and returns no ranks, while the run folder needs ids, ranks and scores
-from any of the three first stages. Held-out candidates are exactly the first stage's top K.
+Training candidates are the first stage's top `train_top_k`, whatever their rank relative to
+the query's positive: the teacher labels every pair, so a candidate ranked above the positive is
+exactly what the student must learn to place, and an unlabelled relevant document simply gets a
+high teacher score. A first-stage false-negative guard is an explicit option for training on
+binary labels (`relative_margin`, `absolute_margin`, `max_score`, with the semantics of
+`sentence_transformers.util.mine_hard_negatives`): a candidate whose first-stage score is too close
+to, or above, the query's best positive is dropped. It compares real scores — BM25 or the dense
+cosine (`guard_score`; on the hybrid first stage the dense cosine by default), never RRF, whose
+"5 %" would be a rank window that depends on k. That function itself does not fit here: it is
+dense-only, keys documents by text (duplicates collapse, ids are lost) and returns no ranks, while
+the run folder needs ids, ranks and scores from any of the three first stages. Held-out candidates
+are exactly the first stage's top K.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +50,8 @@ class Retrieved:
     top_score: np.ndarray  # [Q, depth] float32
     pos_score: dict[tuple[int, int], float]  # (query row, doc index) -> exact first-stage score
     pos_rank: dict[tuple[int, int], int]  # (query row, doc index) -> exact 1-based rank
+    # exact score of any documents for a query row (BM25 or cosine; None for RRF, which has no score outside its list)
+    pair_scores: Callable[[int, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
 
 def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +89,13 @@ def retrieve_bm25(doc_texts: list[str], query_texts: list[str], depth: int, posi
         top_idx[qi], top_score[qi] = i[0], s[0]
         for d in positives[qi]:
             pos_score[qi, d], pos_rank[qi, d] = _exact_positive(row, d)
-    return Retrieved(top_idx, top_score, pos_score, pos_rank)
+
+    def pair_scores(qi: int, docs: np.ndarray) -> np.ndarray:
+        toks = query_tokens[qi]
+        row = np.asarray(retriever.get_scores(toks), dtype=np.float32) if toks else np.zeros(n, dtype=np.float32)
+        return row[np.asarray(docs, dtype=np.int64)]
+
+    return Retrieved(top_idx, top_score, pos_score, pos_rank, pair_scores)
 
 
 def _embedding_cache_file(cache_dir: Path, embedder: str, doc_ids: list[str], doc_texts: list[str]) -> Path:
@@ -118,7 +132,11 @@ def retrieve_dense(doc_emb: np.ndarray, query_emb: np.ndarray, depth: int, posit
         for r in range(sims.shape[0]):
             for d in positives[start + r]:
                 pos_score[start + r, d], pos_rank[start + r, d] = _exact_positive(sims[r], d)
-    return Retrieved(np.concatenate(top_idx), np.concatenate(top_score), pos_score, pos_rank)
+
+    def pair_scores(qi: int, docs: np.ndarray) -> np.ndarray:
+        return (doc_emb[np.asarray(docs, dtype=np.int64)] @ query_emb[qi]).astype(np.float32)
+
+    return Retrieved(np.concatenate(top_idx), np.concatenate(top_score), pos_score, pos_rank, pair_scores)
 
 
 def fuse_rrf(runs: list[Retrieved], depth: int, k: int) -> Retrieved:
@@ -165,10 +183,29 @@ class GuardCounts:
     positives_added: int = 0
     queries_unguarded: int = 0
     queries_without_negatives: int = 0
+    # why a query kept no negative (a query can have several causes), and what fixes each
+    no_negative_guard: int = 0  # the guard (margins or max score) dropped candidates of the query
+    no_negative_rank_window: int = 0  # --negative-rank-min skipped candidates of the query
+    rank_min_that_fixes: int | None = None  # the largest --negative-rank-min that gives each of those queries a negative
+    no_negative_only_positives: int = 0  # the top train_top_k held only positives
+    train_top_k_that_fixes: int | None = None  # the smallest --train-top-k that gives each of those queries a negative
+    no_negative_corpus_exhausted: int = 0  # every document of the corpus is a positive of the query
+
+
+def guard_enabled(cfg: MineConfig) -> bool:
+    """Whether the first-stage false-negative guard is on (off by default: the teacher labels every candidate)."""
+    return cfg.relative_margin is not None or cfg.absolute_margin is not None or cfg.max_score is not None
+
+
+def guard_score_name(cfg: MineConfig) -> str:
+    """The real score the guard compares: BM25 or the dense cosine, never RRF (`auto`: the dense cosine on hybrid)."""
+    if cfg.guard_score != "auto":
+        return cfg.guard_score
+    return "bm25" if cfg.retriever == "bm25" else "dense"
 
 
 def _threshold(pos_scores: list[float], cfg: MineConfig) -> float:
-    """Highest first-stage score a negative may have (as in mine_hard_negatives: `<=` keeps)."""
+    """Highest guard score a negative may have (as in mine_hard_negatives: `<=` keeps)."""
     best = max(pos_scores)
     limit = math.inf
     if cfg.relative_margin is not None:
@@ -176,6 +213,32 @@ def _threshold(pos_scores: list[float], cfg: MineConfig) -> float:
     if cfg.absolute_margin is not None:
         limit = min(limit, best - cfg.absolute_margin)
     return limit
+
+
+def no_negative_warnings(counts: GuardCounts, cfg: MineConfig) -> list[str]:
+    """One warning per reason training queries kept no negative, each with a fix that removes that reason."""
+    out = []
+    if counts.no_negative_guard:
+        given = (("--relative-margin", cfg.relative_margin), ("--absolute-margin", cfg.absolute_margin), ("--max-score", cfg.max_score))
+        flags = " ".join(f for f, v in given if v is not None)
+        out.append(
+            f"{counts.no_negative_guard} training queries kept no negative because the first-stage false-negative guard ({flags}) dropped their candidates: "
+            "drop those flags (or pass --no-guard; off is the default) — the teacher labels every candidate, and one ranked above the positive is what the student must learn to place"
+        )
+    if counts.no_negative_rank_window:
+        out.append(
+            f"{counts.no_negative_rank_window} training queries kept no negative because --negative-rank-min {cfg.negative_rank_min} skipped all their non-positive candidates: "
+            f"pass --negative-rank-min {counts.rank_min_that_fixes} (or 1, the default, to skip none)"
+        )
+    if counts.no_negative_only_positives:
+        out.append(
+            f"{counts.no_negative_only_positives} training queries have only positives in their top {cfg.train_top_k} candidates: pass --train-top-k {counts.train_top_k_that_fixes}"
+        )
+    if counts.no_negative_corpus_exhausted:
+        out.append(
+            f"{counts.no_negative_corpus_exhausted} training queries have every document of the corpus as a positive: nothing to contrast (their positives still train)"
+        )
+    return out
 
 
 def _read_heldout_ids(path: Path) -> list[str]:
@@ -230,11 +293,14 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         embedder_used = config.embedder
     if config.retriever == "bm25":
         got = retrieve_bm25(doc_texts, query_texts, depth, positives)
+        components = {"bm25": got}
     elif config.retriever == "dense":
         got = retrieve_dense(doc_emb, query_emb, depth, positives)
+        components = {"dense": got}
     else:
         wide = min(len(doc_ids), max(2 * depth, 100))
-        got = fuse_rrf([retrieve_bm25(doc_texts, query_texts, wide, positives), retrieve_dense(doc_emb, query_emb, wide, positives)], depth, config.rrf_k)
+        components = {"bm25": retrieve_bm25(doc_texts, query_texts, wide, positives), "dense": retrieve_dense(doc_emb, query_emb, wide, positives)}
+        got = fuse_rrf(list(components.values()), depth, config.rrf_k)
 
     columns = ("query_id", "doc_id", "query", "document", "rank", "first_stage_score", "relevance")
     train_rows: dict[str, list] = {c: [] for c in columns}
@@ -254,6 +320,10 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     n_train = len(split.train)
     k_train = min(config.train_top_k, got.top_idx.shape[1])
     lo = max(config.negative_rank_min, 1)
+    guarded = guard_enabled(config)
+    margins = config.relative_margin is not None or config.absolute_margin is not None
+    guard_name = guard_score_name(config)
+    guard_run = components[guard_name]  # BM25 or dense cosine: the guard never compares RRF scores
     for qi, qid in enumerate(split.train):
         cand = [(int(d), float(s), r) for r, (d, s) in enumerate(zip(got.top_idx[qi, :k_train], got.top_score[qi, :k_train], strict=True), start=1)]
         pos = positives[qi]
@@ -265,22 +335,28 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
             else:
                 counts.positives_added += 1
                 add(train_rows, qid, d, 0, math.nan)
-        guard = bool(pos) and (config.relative_margin is not None or config.absolute_margin is not None)
-        limit = _threshold([got.pos_score[qi, d] for d in pos], config) if guard else math.inf
+        limit = _threshold([guard_run.pos_score[qi, d] for d in pos], config) if pos and margins else math.inf
         if not pos:
             counts.queries_unguarded += 1
-        kept = 0
-        for d, s, r in cand:
-            if d in pos:
-                continue
+        negatives = [(d, s, r) for d, s, r in cand if d not in pos]
+        if guarded and negatives:
+            own = guard_run is got  # the first stage's own scores are the guard's; on hybrid, score the pairs exactly
+            guard_scores = [s for _, s, _ in negatives] if own else [float(x) for x in guard_run.pair_scores(qi, np.array([d for d, _, _ in negatives]))]
+        else:
+            guard_scores = [math.nan] * len(negatives)
+        kept, by_guard, window_ranks = 0, False, []
+        for (d, s, r), g in zip(negatives, guard_scores, strict=True):
             counts.considered += 1
             judged = doc_ids[d] in labels.get(qid, {})  # an explicit grade-0 judgement is a sure negative
             if r < lo:
                 counts.dropped_rank_window += 1
-            elif not judged and s > limit:
+                window_ranks.append(r)
+            elif not judged and g > limit:
                 counts.dropped_margin += 1
-            elif not judged and config.max_score is not None and s > config.max_score:
+                by_guard = True
+            elif not judged and config.max_score is not None and g > config.max_score:
                 counts.dropped_max_score += 1
+                by_guard = True
             elif config.num_negatives is not None and kept >= config.num_negatives:
                 counts.dropped_num_negatives += 1
             else:
@@ -288,7 +364,23 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
                 counts.kept += 1
                 counts.judged_negatives_kept += int(judged)
                 add(train_rows, qid, d, r, s)
-        counts.queries_without_negatives += int(kept == 0)
+        if kept:
+            continue
+        counts.queries_without_negatives += 1
+        counts.no_negative_guard += int(by_guard)
+        if window_ranks:
+            counts.no_negative_rank_window += 1
+            fix = max(window_ranks)  # a window starting there keeps this query's deepest skipped candidate
+            counts.rank_min_that_fixes = fix if counts.rank_min_that_fixes is None else min(counts.rank_min_that_fixes, fix)
+        if not negatives:
+            first_other = next((r for r, d in enumerate(got.top_idx[qi], start=1) if int(d) not in pos), None)
+            if first_other is None and len(pos) < len(doc_ids):
+                first_other = len(pos) + 1  # at most len(pos) positives come before it
+            if first_other is None:
+                counts.no_negative_corpus_exhausted += 1
+            else:
+                counts.no_negative_only_positives += 1
+                counts.train_top_k_that_fixes = max(counts.train_top_k_that_fixes or 0, first_other)
 
     hits, judged_queries = 0, 0
     k_eval = min(config.eval_top_k, got.top_idx.shape[1])
@@ -303,7 +395,9 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
             hits += len(positives[qi] & {int(d) for d in top}) / len(positives[qi])
 
     if not train_rows["query_id"]:
-        raise invalid("mining produced no training pairs", fix="check that the queries match the corpus, raise --train-top-k, or loosen the guard (--relative-margin)")
+        raise invalid(
+            "mining produced no training pairs", fix="check that the queries match the corpus and the qrels; pass --negative-rank-min 1 and --no-guard"
+        )
 
     import pyarrow as pa
 
@@ -350,12 +444,18 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         "eval_top_k": config.eval_top_k,
         "rrf_k": config.rrf_k if config.retriever == "hybrid" else None,
         "guard": {
+            "enabled": guarded,
+            "score": (guard_name if config.retriever != "hybrid" else f"{guard_name} (a component of the hybrid first stage, not RRF)") if guarded else None,
             "negative_rank_min": lo,
             "relative_margin": config.relative_margin,
             "absolute_margin": config.absolute_margin,
             "max_score": config.max_score,
             "num_negatives": config.num_negatives,
-            "semantics": "a candidate is dropped when its first-stage score > best_positive - |best_positive|*relative_margin (or - absolute_margin), as sentence_transformers.util.mine_hard_negatives; grade-0 judged candidates are always kept",
+            "semantics": (
+                "off by default: every first-stage candidate in the rank window is kept and the teacher labels it. When on, a candidate is dropped when its guard score "
+                "(BM25, or the dense cosine; on hybrid the chosen component's exact score, never RRF) > best_positive - |best_positive|*relative_margin "
+                "(or - absolute_margin), or > max_score, as sentence_transformers.util.mine_hard_negatives; grade-0 judged candidates are always kept"
+            ),
         },
         "summary": summary,
         **({"embedding_cache": metrics["embedding_cache"]} if "embedding_cache" in metrics else {}),
@@ -378,15 +478,19 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         f"mine: {config.retriever} first stage → {run.path}",
         f"  queries: {n_train:,} train, {len(split.dev):,} dev (kept out of training: checkpoint choice, fusion weight), {len(split.heldout):,} held-out",
         f"  train pairs: {summary['train_pairs']:,} ({counts.positives_retrieved + counts.positives_added:,} positives, {counts.positives_added:,} of them missed by the first stage and added)",
-        f"  negatives: kept {counts.kept:,} of {counts.considered:,}; dropped {dropped['false_negative_guard']:,} by the false-negative guard, "
-        f"{dropped['max_score']:,} by max score, {dropped['rank_window']:,} outside the rank window, {dropped['num_negatives_cap']:,} over the per-query cap",
+        f"  negatives: kept {counts.kept:,} of {counts.considered:,}; "
+        + (
+            f"dropped {dropped['false_negative_guard']:,} by the first-stage false-negative guard (on {guard_name} scores), {dropped['max_score']:,} by max score, "
+            if guarded
+            else "first-stage guard off (the teacher labels every candidate); dropped "
+        )
+        + f"{dropped['rank_window']:,} outside the rank window, {dropped['num_negatives_cap']:,} over the per-query cap",
         f"  held-out candidates: {summary['heldout_pairs']:,} (top {config.eval_top_k}; positives not forced in)",
     ]
     if judged_queries:
         lines.append(f"  held-out recall@{config.eval_top_k}: {summary[f'heldout_recall@{config.eval_top_k}']:.3f}")
     warnings = list(ds.warnings)  # what reading the files noticed (repeated qrels lines, quoted TSV fields, ...)
-    if counts.queries_without_negatives:
-        warnings.append(f"{counts.queries_without_negatives} training queries kept no negative; loosen the guard (--relative-margin) or raise --train-top-k")
+    warnings += no_negative_warnings(counts, config)
     if not ds.qrels:
         warnings.append("no --qrels: held-out queries have no labels, so `evaluate` can compare only against the teacher")
     return Result(artifacts={k: str(run.file(v)) for k, v in OUTPUTS.items()}, metrics={**summary, **metrics}, warnings=warnings, text="\n".join(lines))

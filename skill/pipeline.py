@@ -106,4 +106,4 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log: Callable[[str], No
 
 def _headline(results: dict, evaluation: Result) -> dict:
     m = evaluation.metrics
-    return {k: m[k] for k in ("verdict", "delta_ndcg@10", "p_value", "ndcg@10", "collapsed", "teacher_gate") if k in m}
+    return {k: m[k] for k in ("verdict", "delta_ndcg@10", "p_value", "ndcg@10", "collapsed", "teacher_gate", "recommended", "recommendation") if k in m}

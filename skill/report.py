@@ -28,8 +28,10 @@ def _p(p) -> str:
 
 
 def headline(report: dict) -> list[str]:
-    """The lines that come before any table: the verdict, then anything that makes it moot."""
+    """The lines that come before any table: the verdict, what to serve, then anything that makes them moot."""
     lines = [f"**{report['verdict']['line']}**", ""]
+    if report.get("recommendation"):
+        lines += [f"**{report['recommendation']['line']}**", ""]
     if report.get("fused_verdict"):
         lines += [report["fused_verdict"]["line"], ""]
     collapse = report["collapse"]
@@ -47,10 +49,47 @@ def summary_text(report: dict) -> str:
     return "\n".join(headline(report)).strip()
 
 
+def serving_section(report: dict) -> list[str]:
+    """What to serve: every system, cheapest first, with its quality, cost, needs and who beats it; then every pair's test."""
+    rec = report.get("recommendation")
+    if not rec:
+        return []
+    k = report["data"]["k"]
+    out = [
+        f"## What to serve (cheapest first; NDCG@10 on {report['data']['queries_evaluated']} held-out queries, cost at top-{k})",
+        "",
+        "| # | system | NDCG@10 | p50 ms/query | p95 ms/query | size MB | serving needs | beaten by |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in report["serving"].items():
+        mean = report["systems"][name]["metrics"]["ndcg@10"]["mean"]
+        beaten = ", ".join(f"{b['by']} ({_f(b['delta'], signed=True)}, p (Holm) {_p(b['p_holm'])})" for b in rec["beaten_by"][name]) or "nobody"
+        p50 = _f(e["latency_ms_p50"], 1) if e["basis"] in ("measured", "baseline") else "not measured"
+        p95 = _f(e["latency_ms_p95"], 1) if e["basis"] in ("measured", "baseline") else "–"
+        mark = f"**{name}** (recommended)" if name == rec["system"] else name
+        needs = e["needs"] + (f" ({e['unmeasured']})" if e.get("unmeasured") else "")
+        out.append(f"| {e['cost_rank']} | {mark} | {_f(mean)} | {p50} | {p95} | {_f(e['size_mb'], 1)} | {needs} | {beaten} |")
+    out += ["", f"Rule: {rec['rule']}. Cost order: {rec['cost_rule']}.", ""]
+    out += [f"- {r}" for r in rec["reasons"]]
+    out += [
+        "",
+        f"### Every pair of systems (NDCG@10; paired randomisation test; p Holm-adjusted over {len(report['pairwise'])} pairs)",
+        "",
+        "| a − b | Δ | 95% CI | p | p (Holm) | a beats b |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["pairwise"]:
+        out.append(
+            f"| {r['a']} − {r['b']} | {_f(r['delta'], signed=True)} | [{_f(r['ci_low'], signed=True)}, {_f(r['ci_high'], signed=True)}] | {_p(r['p_value'])} | "
+            f"{_p(r['p_holm'])} | {'yes' if r['beats'] else 'no'} |"
+        )
+    return [*out, ""]
+
+
 def markdown(report: dict) -> str:
     names = report["metric_names"]
     data = report["data"]
-    out = [f"# Held-out evaluation — {report['run']}", "", *headline(report)]
+    out = [f"# Held-out evaluation — {report['run']}", "", *headline(report), *serving_section(report)]
     out += [
         f"## Systems ({data['queries_evaluated']} held-out queries, first-stage top-{data['k']}; mean [95% bootstrap CI])",
         "",

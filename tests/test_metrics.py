@@ -153,3 +153,34 @@ def test_paired_test_on_one_query_is_exact():
 
     r = paired_test([0.8], [0.5])
     assert r.p_value == 1.0 and r.queries == 1 and r.better == 1 and abs(r.delta - 0.3) < 1e-12 and r.ci_low == r.ci_high == r.delta
+
+
+def test_holm_adjustment_hand_computed_and_against_the_step_down_rule():
+    # By hand: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → running max 0.06.
+    assert M.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert M.holm([]) == [] and M.holm([float("nan"), 0.01]) == pytest.approx([1.0, 0.02])
+    # Holm (1979) as a rejection rule: walk the sorted p-values, reject while p_(i) <= alpha / (m - i); stop at the first failure.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.uniform(0, 0.1, size=int(rng.integers(1, 12)))
+        alpha = float(rng.choice([0.01, 0.05, 0.1]))
+        rejected = set()
+        for i, j in enumerate(np.argsort(p)):
+            if p[j] > alpha / (len(p) - i):
+                break
+            rejected.add(int(j))
+        assert {i for i, q in enumerate(M.holm(p)) if q <= alpha} == rejected
+
+
+def test_cheapest_unbeaten_on_hand_made_systems():
+    """A (0.2) < B (0.6) by 0.4 on all 30 queries; C = B ± 0.3 alternately (+0.02 on average): B beats A, nobody beats B or C."""
+    b = np.full(30, 0.6)
+    per = {"A": np.full(30, 0.2), "B": b, "C": b + np.where(np.arange(30) % 2 == 0, 0.3, -0.26)}
+    pairs = M.all_pairs(per, resamples=2000)
+    by = {(p["a"], p["b"]): p for p in pairs}
+    assert set(by) == {("B", "A"), ("C", "A"), ("C", "B")}  # each pair oriented higher mean first
+    assert by["B", "A"]["delta"] == pytest.approx(0.4) and by["B", "A"]["beats"] and by["C", "A"]["beats"]
+    assert by["C", "B"]["delta"] == pytest.approx(0.02) and not by["C", "B"]["beats"] and by["C", "B"]["p_holm"] >= by["C", "B"]["p_value"]
+    assert M.cheapest_unbeaten(["A", "B", "C"], pairs)[0] == "B"  # A is beaten; B is the cheapest one nobody beats
+    assert M.cheapest_unbeaten(["C", "B", "A"], pairs)[0] == "C"
+    assert M.cheapest_unbeaten(["A", "C", "B"], pairs)[1]["A"] and not M.cheapest_unbeaten(["A", "C", "B"], pairs)[1]["B"]

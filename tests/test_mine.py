@@ -1,14 +1,15 @@
-"""Issue 3: `mine` — split, first stages (bm25 / dense / hybrid), hard-negative window and false-negative guard."""
+"""Issue 3: `mine` — split, first stages (bm25 / dense / hybrid), hard-negative window and the opt-in false-negative guard (issue 14)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_json
+from conftest import run_cli, run_json
 
 from skill.config import DataConfig, MineConfig
 from skill.errors import ExitCode, SkillError
@@ -31,8 +32,17 @@ def _qrels(domain) -> dict[str, dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def bm25_run(stdlib_domain, tmp_path_factory):
+    """The default: no first-stage guard (the teacher labels every candidate)."""
     run = tmp_path_factory.mktemp("mine") / "bm25"
     result = mine(run, _data(stdlib_domain), MineConfig(retriever="bm25", train_top_k=20, eval_top_k=25))
+    return run, result
+
+
+@pytest.fixture(scope="module")
+def guarded_run(stdlib_domain, tmp_path_factory):
+    """The opt-in guard of sentence-transformers' mine_hard_negatives (relative margin 0.05) on BM25 scores."""
+    run = tmp_path_factory.mktemp("mine") / "guarded"
+    result = mine(run, _data(stdlib_domain), MineConfig(retriever="bm25", train_top_k=20, eval_top_k=25, relative_margin=0.05))
     return run, result
 
 
@@ -80,12 +90,13 @@ def test_heldout_is_exactly_the_first_stage_top_k(bm25_run, stdlib_domain):
     assert mine_json["summary"]["heldout_recall@25"] == pytest.approx((n - missed) / n, abs=1e-4)
 
 
-def test_training_pairs_positives_and_guard(bm25_run, stdlib_domain):
+def test_training_pairs_positives_and_default_keeps_every_candidate(bm25_run, stdlib_domain):
     run, result = bm25_run
     train = pq.read_table(run / "train_pairs.parquet").to_pandas()
+    held_out = json.loads((run / "split.json").read_text())
     qrels = _qrels(stdlib_domain)
     summary = json.loads((run / "mine.json").read_text())["summary"]
-    added = 0
+    added, above_positive = 0, 0
     for qid, group in train.groupby("query_id"):
         pos = group[group["relevance"] > 0]
         assert set(pos["doc_id"]) == set(qrels[qid])  # every training positive is there
@@ -93,19 +104,21 @@ def test_training_pairs_positives_and_guard(bm25_run, stdlib_domain):
         added += len(missed)
         assert missed["first_stage_score"].isna().all()
         negs = group[group["relevance"] == 0]
-        assert negs["rank"].between(1, 20).all()
-        # The guard: no kept negative scores above (best positive - 5%). Positive scores are exact BM25 scores,
-        # recomputed here independently of the stage.
+        # No guard by default: the negatives are exactly the top 20 minus the positives, including those ranked above the positive.
+        assert sorted(negs["rank"]) == [r for r in range(1, 21) if r not in set(pos["rank"])]
+        best_rank = pos[pos["rank"] > 0]["rank"].min() if (pos["rank"] > 0).any() else 21
+        above_positive += int((negs["rank"] < best_rank).sum())
+    assert above_positive > 0  # what the old default dropped is now kept (the teacher labels it)
+    assert set(train["query_id"]) == set(held_out["train"])
     assert summary["positives_added_missed"] == added
-    assert summary["negatives_kept"] == (train["relevance"] == 0).sum()
-    dropped = summary["dropped"]
-    assert summary["negatives_considered"] == summary["negatives_kept"] + sum(dropped.values())
-    assert dropped["false_negative_guard"] > 0
-    assert "kept" in result.text and "false-negative guard" in result.text
+    assert summary["negatives_kept"] == (train["relevance"] == 0).sum() == summary["negatives_considered"]
+    assert sum(summary["dropped"].values()) == 0 and summary["queries_without_negatives"] == 0
+    assert json.loads((run / "mine.json").read_text())["guard"]["enabled"] is False
+    assert "first-stage guard off" in result.text and not result.warnings
 
 
-def test_guard_threshold_against_independent_bm25(stdlib_domain, bm25_run):
-    run, _ = bm25_run
+def test_opt_in_guard_threshold_against_independent_bm25(stdlib_domain, guarded_run):
+    run, result = guarded_run
     import bm25s
 
     corpus = [json.loads(x) for x in stdlib_domain["corpus"].read_text().splitlines()]
@@ -120,19 +133,72 @@ def test_guard_threshold_against_independent_bm25(stdlib_domain, bm25_run):
         best = max(scores[ids.index(d)] for d in qrels[qid])
         negs = group[group["relevance"] == 0]
         assert (negs["first_stage_score"] <= best - abs(best) * 0.05 + 1e-4).all()
+    summary = json.loads((run / "mine.json").read_text())
+    assert summary["summary"]["dropped"]["false_negative_guard"] > 0 and summary["guard"]["enabled"] and summary["guard"]["score"] == "bm25"
+    assert "false-negative guard (on bm25 scores)" in result.text
 
 
-def test_no_guard_keeps_the_whole_window(stdlib_domain, tmp_path, bm25_run):
-    mine(tmp_path / "r", _data(stdlib_domain), MineConfig(retriever="bm25", train_top_k=20, eval_top_k=25, relative_margin=None))
-    summary = json.loads((tmp_path / "r" / "mine.json").read_text())["summary"]
-    assert sum(summary["dropped"].values()) == 0
-    guarded = json.loads((bm25_run[0] / "mine.json").read_text())["summary"]
-    assert summary["negatives_kept"] > guarded["negatives_kept"]
+def test_no_guard_keeps_the_whole_window(stdlib_domain, tmp_path, bm25_run, guarded_run):
+    summary = json.loads((bm25_run[0] / "mine.json").read_text())["summary"]
+    guarded = json.loads((guarded_run[0] / "mine.json").read_text())["summary"]
+    assert summary["negatives_kept"] == guarded["negatives_kept"] + guarded["dropped"]["false_negative_guard"]
     # A rank window and a per-query cap trim further.
-    mine(tmp_path / "w", _data(stdlib_domain), MineConfig(retriever="bm25", train_top_k=20, eval_top_k=25, relative_margin=None, negative_rank_min=3, num_negatives=5))
+    mine(tmp_path / "w", _data(stdlib_domain), MineConfig(retriever="bm25", train_top_k=20, eval_top_k=25, negative_rank_min=3, num_negatives=5))
     train = pq.read_table(tmp_path / "w" / "train_pairs.parquet").to_pandas()
     negs = train[train["relevance"] == 0]
     assert negs["rank"].min() >= 3 and negs.groupby("query_id").size().max() <= 5
+
+
+ADVICE = re.compile(r"pass (--[a-z-]+)(?: (\d+))?")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--relative-margin", "0.05"),  # the old default guard
+        ("--max-score", "0"),  # a guard that drops every candidate scoring above 0
+        ("--negative-rank-min", "21"),  # a rank window past the candidates
+        ("--train-top-k", "1"),  # only the positive in the top 1
+    ],
+    ids=["relative-margin", "max-score", "rank-window", "train-top-k"],
+)
+def test_each_no_negative_warning_is_fixed_by_following_its_advice(cli, stdlib_domain, tmp_path, flags):
+    """Every 'kept no negative' warning names a fix; applying exactly that fix removes the warning and the condition."""
+    data = ["--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"]]
+    base = ["mine", *data, "--retriever", "bm25", "--eval-top-k", "25"]
+    args = ["--train-top-k", "20", *flags] if flags[0] != "--train-top-k" else list(flags)
+    proc = cli(*base, "--run", tmp_path / "before", *args, "--json")
+    payload = json.loads(proc.stdout)
+    assert proc.returncode == 0, payload["errors"]
+    warned = [w for w in payload["warnings"] if "no negative" in w or "only positives" in w]
+    assert len(warned) == 1 and payload["metrics"]["queries_without_negatives"] > 0, payload["warnings"]
+    fix = ADVICE.search(warned[0])
+    assert fix, warned[0]
+    flag, value = fix.group(1), fix.group(2)
+    followed = dict(zip(args[::2], args[1::2], strict=False))
+    if flag == "--no-guard":
+        followed = {k: v for k, v in followed.items() if k not in ("--relative-margin", "--max-score")}
+        extra = ["--no-guard"]
+    else:
+        followed[flag] = value
+        extra = []
+    after = cli(*base, "--run", tmp_path / "after", *[x for kv in followed.items() for x in kv], *extra, "--json")
+    payload = json.loads(after.stdout)
+    assert after.returncode == 0, payload["errors"]
+    assert payload["metrics"]["queries_without_negatives"] == 0 and not [w for w in payload["warnings"] if "negative" in w or "only positives" in w]
+
+
+def test_guard_flags_stay_backward_compatible(cli, stdlib_domain, tmp_path):
+    base = ["mine", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"], "--retriever", "bm25"]
+    base += ["--train-top-k", "10", "--eval-top-k", "10"]
+    on = json.loads(cli(*base, "--run", tmp_path / "on", "--relative-margin", "0.05", "--json").stdout)
+    assert on["metrics"]["dropped"]["false_negative_guard"] > 0
+    off = json.loads(cli(*base, "--run", tmp_path / "off", "--relative-margin", "0.05", "--max-score", "1", "--no-guard", "--json").stdout)
+    assert sum(off["metrics"]["dropped"].values()) == 0
+    bad = cli(*base, "--run", tmp_path / "bad", "--guard-score", "dense", "--relative-margin", "0.05", "--json")
+    assert bad.returncode == ExitCode.USAGE and "bm25 scores only" in json.loads(bad.stdout)["errors"][0]["message"]
+    help_text = " ".join(run_cli("mine", "--help").stdout.split())
+    assert "off by default" in help_text and "never RRF" in help_text
 
 
 def test_rerun_is_skipped_and_force_redoes(stdlib_domain, bm25_run):
@@ -166,6 +232,45 @@ def test_hybrid_is_reciprocal_rank_fusion(stdlib_domain, tiny_base, tmp_path):
     held = pq.read_table(tmp_path / "h" / "heldout_candidates.parquet").to_pandas()
     assert (held["first_stage_score"] <= 2 / 61 + 1e-6).all() and (held["first_stage_score"] > 0).all()
     assert result.metrics["heldout_queries"] == 24
+
+
+def test_hybrid_guard_compares_real_scores_not_rrf(stdlib_domain, tiny_base, tmp_path):
+    """On hybrid, the opt-in guard uses the pair's dense cosine (default) or BM25 score, recomputed here independently."""
+    import bm25s
+    from sentence_transformers import SentenceTransformer
+
+    corpus = [json.loads(x) for x in stdlib_domain["corpus"].read_text().splitlines()]
+    texts = {c["_id"]: c["text"] for c in corpus}
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in stdlib_domain["queries"].read_text().splitlines()}
+    qrels = _qrels(stdlib_domain)
+    st = SentenceTransformer(str(tiny_base))
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([c["text"] for c in corpus], stopwords="en", show_progress=False), show_progress=False)
+    ids = [c["_id"] for c in corpus]
+
+    def cosine(q: str, docs: list[str]) -> np.ndarray:
+        qe = st.encode_query([queries[q]], normalize_embeddings=True)[0]
+        return st.encode_document([texts[d] for d in docs], normalize_embeddings=True) @ qe
+
+    def bm25(q: str, docs: list[str]) -> np.ndarray:
+        row = retriever.get_scores(bm25s.tokenize([queries[q]], stopwords="en", return_ids=False, show_progress=False)[0])
+        return np.asarray([row[ids.index(d)] for d in docs])
+
+    for guard_score, score in (("auto", cosine), ("bm25", bm25)):
+        run = tmp_path / guard_score
+        cfg = MineConfig(
+            retriever="hybrid", embedder=str(tiny_base), train_top_k=15, eval_top_k=15, cache_dir=tmp_path / "c", relative_margin=0.02, guard_score=guard_score
+        )
+        mine(run, _data(stdlib_domain), cfg)
+        record = json.loads((run / "mine.json").read_text())
+        assert record["guard"]["score"].startswith("dense" if guard_score == "auto" else "bm25") and "not RRF" in record["guard"]["score"]
+        assert record["summary"]["dropped"]["false_negative_guard"] > 0
+        train = pq.read_table(run / "train_pairs.parquet").to_pandas()
+        for qid, group in list(train.groupby("query_id"))[:20]:
+            best = float(score(qid, sorted(qrels[qid])).max())
+            negs = group[group["relevance"] == 0]
+            if len(negs):
+                assert (score(qid, list(negs["doc_id"])) <= best - abs(best) * 0.02 + 1e-4).all(), qid
 
 
 def test_fuse_rrf_unit():

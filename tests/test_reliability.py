@@ -300,8 +300,9 @@ EVAL_CFG = {"resamples": 300}
 
 def _deterministic(report: dict) -> dict:
     """Everything but timings, notes about machine load, and the run folder's own path."""
-    out = {k: v for k, v in report.items() if k not in ("cost", "speedup_vs_teacher", "notes", "run")}
-    out["summary"] = {k: v for k, v in report["summary"].items() if k not in ("student_pairs_per_s", "speedup_vs_teacher")}
+    out = {k: v for k, v in report.items() if k not in ("cost", "speedup_vs_teacher", "notes", "run", "serving")}
+    out["summary"] = {k: v for k, v in report["summary"].items() if k not in ("student_pairs_per_s", "speedup_vs_teacher", "recommendation")}
+    out["recommendation"] = {k: v for k, v in report["recommendation"].items() if k != "line"}  # the SERVE line quotes ms/query
     out["systems"] = {name: {k: v for k, v in s.items() if k != "source"} for name, s in report["systems"].items()}
     return out
 
