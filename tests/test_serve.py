@@ -28,6 +28,7 @@ import pytest
 
 from skill.config import EvaluateConfig
 from skill.io import write_json, write_parquet
+from skill.testing import record_stages
 
 K = 8
 ALPHA = 0.5
@@ -97,6 +98,7 @@ def make_run(root: Path, pool: dict, groups: list[dict], positive: list[int], te
     write_json(run / "manifest.json", {"manifest_version": 1, "stages": {}})
     shutil.copytree(pool["student"], run / "student")
     write_json(run / "student" / "fusion.json", {"alpha": ALPHA, "chosen_on": 8, "split": "dev"})
+    record_stages(run, "mine", "score", "train")  # as if the stages had written these files (the run-folder contract)
     return run
 
 
