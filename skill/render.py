@@ -17,7 +17,7 @@ from skill.errors import SkillError, invalid
 from skill.io import hash_file, write_text
 from skill.manifest import Run, Stage
 from skill.resources import resource_dir
-from skill.sizes import shared, size_spec
+from skill.sizes import SIZE_NAMES, shared, size_spec
 
 TEMPLATE = "train_reranker.py.j2"
 SCRIPT = "train.py"
@@ -26,13 +26,27 @@ MIN_STEPS_PER_EPOCH = 100
 
 
 def pyrepr(value: Any) -> str:
-    """A validated Python literal for `value`: None, bool, int, finite float, str, or lists/dicts of them."""
+    """A validated Python literal for `value`: None, bool, int, finite float, str, or lists/dicts of them.
+
+    Strings come out double-quoted when they hold no double quote, as `ruff format` writes them.
+    """
     import jinja2
 
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises UndefinedError naming the missing variable
     _check_literal(value)
-    return repr(value)  # repr escapes quotes, backslashes and line breaks: a str stays one inert literal
+    return _literal(value)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        text = repr(value)  # repr escapes quotes, backslashes and line breaks: a str stays one inert literal
+        return f'"{text[1:-1]}"' if text.startswith("'") and '"' not in value else text
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _check_literal(value: Any, depth: int = 0) -> None:
@@ -77,11 +91,35 @@ def detect_base_kind(base: str) -> str:
     return "encoder"
 
 
-def resolve(cfg: TrainConfig) -> dict[str, Any]:
-    """Every template value, concrete: the size's defaults from ettin_sizes.yaml under the overrides."""
+# The values a template branches on, and the words they may take: anything else is refused before rendering.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "size": SIZE_NAMES,
+    "base_kind": ("encoder", "bi-encoder", "reranker"),
+    "pooling": ("cls", "mean"),
+    "head": ("ettin", "linear"),
+    "loss": ("mse", "margin-mse", "listnet"),
+    "label_transform": ("raw", "centred", "zscore"),
+    "gold_positives": ("none", "lift"),
+    "split": ("dev", "heldout"),
+}
+
+
+def resolve_base(base: str) -> str:
+    """A `packaged:NAME` base becomes the absolute folder of the packaged model; anything else is kept as given."""
+    from skill.recipe import PACKAGED_PREFIX, resolve_packaged
+
+    return str(Path(resolve_packaged(base)).resolve()) if base.startswith(PACKAGED_PREFIX) else base
+
+
+def resolve(cfg: TrainConfig, *, split: str = "dev") -> dict[str, Any]:
+    """Every template value, concrete: the size's defaults from ettin_sizes.yaml under the overrides.
+
+    `split`: the queries that choose the checkpoint, "dev" (training queries kept out of training) or
+    "heldout" (a run folder without a dev split).
+    """
     size = cfg.size or "17m"
     spec, common = size_spec(size), shared()
-    base = cfg.base or spec.base
+    base = resolve_base(cfg.base or spec.base)
     kind = cfg.base_kind if cfg.base_kind != "auto" else detect_base_kind(base)
     global_batch = cfg.global_batch or spec.global_batch
     per_device = min(cfg.per_device_batch or spec.per_device_batch, global_batch)
@@ -95,6 +133,7 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
         "label_transform": cfg.label_transform,
         "gold_positives": cfg.gold_positives,
         "gold_margin": float(cfg.gold_margin),
+        "gold_guard_margin": float(cfg.gold_guard_margin),
         "list_size": cfg.list_size,
         "learning_rate": cfg.learning_rate or spec.learning_rate,
         "head_lr_multiplier": float(cfg.head_lr_multiplier),
@@ -109,9 +148,9 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
         "eval_queries": cfg.eval_queries,
         "early_stopping_patience": cfg.early_stopping_patience if cfg.early_stopping_patience is not None else common.early_stopping_patience,
         "seed": cfg.seed if cfg.seed is not None else common.seed,
-        "verdict_margin": common.verdict_margin,
         "push_to_hub": cfg.push_to_hub,
         "trust_remote_code": cfg.trust_remote_code,
+        "split": split,
     }
 
 
@@ -123,6 +162,8 @@ def _environment():
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        trim_blocks=True,  # a line holding only a {% tag %} leaves nothing behind
+        lstrip_blocks=True,
     )
     env.filters["pyrepr"] = pyrepr
     return env
@@ -132,6 +173,9 @@ def render_script(values: dict[str, Any]) -> str:
     """The training script's text; compiled once here so a broken render never reaches disk."""
     import jinja2
 
+    for name, allowed in CHOICES.items():
+        if name in values and values[name] not in allowed:
+            raise SkillError(f"cannot render {TEMPLATE}: {name}={values[name]!r} is not one of {', '.join(allowed)}", fix="choose one of the listed values")
     try:
         text = _environment().get_template(TEMPLATE).render(**values)
     except (jinja2.UndefinedError, TypeError) as exc:
@@ -155,12 +199,51 @@ def small_data_advice(n_pairs: int, values: dict[str, Any]) -> str | None:
 
 def run_commands(run: Path) -> list[str]:
     script = run / SCRIPT
-    return [f"python {script}", f"accelerate launch {script}", f"torchrun --nproc_per_node N {script}", f"SMOKE=1 python {script}", f"python {script} --resume"]
+    return [f"python {script}", f"accelerate launch {script}", f"torchrun --nproc_per_node N {script}", f"python {script} --smoke", f"python {script} --resume"]
 
 
-def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
+def selection_split(run: Run) -> str:
+    """"heldout" for a run folder that has held-out candidates but no dev split (from before dev splits); else "dev"."""
+    has_dev = run.file("dev_candidates.parquet").exists() and run.file("qrels_dev.json").exists()
+    return "heldout" if not has_dev and run.file("heldout_candidates.parquet").exists() else "dev"
+
+
+def size_meaning(values: dict[str, Any]) -> str:
+    """What --size means for this render: the Ettin model itself, or only the defaults taken from its row of the ladder."""
+    spec = size_spec(values["size"])
+    taken = [f"{name} {values[key]:g}" for key, name, default in (("learning_rate", "lr", spec.learning_rate), ("global_batch", "global batch", spec.global_batch)) if values[key] == default]
+    if values["base"] == spec.base:
+        return f"Ettin {values['size']} ({spec.params_m:g}M parameters; {', '.join(taken) or 'lr and global batch overridden'} from its row of ettin_sizes.yaml)"
+    verb = "comes" if len(taken) == 1 else "come"
+    defaults = f"{' and '.join(taken)} {verb} from the Ettin {values['size']} row of ettin_sizes.yaml" if taken else f"the Ettin {values['size']} row's lr and global batch are both overridden"
+    return f"base {values['base']} as {values['base_kind']}, not an Ettin model: --size only picks defaults ({defaults})"
+
+
+def measure_stage(run: Run, *, timeout: float = 900) -> dict:
+    """Run `train.py --estimate`: the script measures training and scoring pairs/s on this machine on real pairs and
+    prints the expected wall time of the whole `train` stage. Returns its ESTIMATE record; raises SkillError when it fails."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        proc = subprocess.run([sys.executable, str(run.file(SCRIPT)), "--estimate"], cwd=run.path, env=env, capture_output=True, text=True, timeout=timeout, errors="replace")
+    except subprocess.TimeoutExpired:
+        raise SkillError(f"measuring the speed took over {timeout:.0f} s", fix="skip it with --no-estimate; `train` prints the estimate when it starts") from None
+    found = [line for line in proc.stdout.splitlines() if line.startswith("ESTIMATE ")]
+    if proc.returncode != 0 or not found:
+        last = next((line for line in reversed((proc.stdout + proc.stderr).splitlines()) if line.strip()), "(no output)")
+        raise SkillError(f"train.py --estimate failed: {last[:300]}", fix=f"run `python {run.file(SCRIPT)} --estimate` to see why")
+    plan = next((line for line in proc.stdout.splitlines() if line.startswith("plan: ")), "")
+    return {**json.loads(found[-1].removeprefix("ESTIMATE ")), "plan": plan}
+
+
+def render(run: str | Path, cfg: TrainConfig, *, force: bool = False, estimate: bool = False) -> Result:
+    """Write runs/NAME/train.py for `cfg`; with `estimate`, also measure the speed here and say how long `train` will take."""
     run_ = Run(run)
-    values = resolve(cfg)
+    values = resolve(cfg, split=selection_split(run_))
     text = render_script(values)
     target = run_.file(SCRIPT)
     previous = run_.stage("render")
@@ -184,6 +267,8 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
             warnings.append(advice)
     else:
         warnings.append(f"{scores} does not exist yet: run `reranker-skill mine` and `reranker-skill score` before training")
+    if values["split"] != "dev":
+        warnings.append("no dev split in this run folder: checkpoints will be chosen on held-out queries (optimistic) — re-run `reranker-skill mine`")
     # Rewriting an identical script is a no-op: the manifest and the file stay as they are.
     unchanged = target.exists() and previous is not None and previous.get("metrics", {}).get("script_sha256") == hash_file(target) and target.read_text(encoding="utf-8") == text
     if not unchanged:
@@ -194,10 +279,16 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
             stage.metrics.update({"script_sha256": hash_file(target), "train_memory_gb_estimate": spec.train_memory_gb})
     commands = run_commands(run_.path)
     lines = [
-        f"wrote {target} (size {values['size']}, base {values['base']} as {values['base_kind']}, loss {values['loss']}, lr {values['learning_rate']:g}, global batch {values['global_batch']})",
-        "run it with one of:",
-        *(f"  {c}" for c in commands),
-        f"or: reranker-skill train --run {run_.path}",
+        f"wrote {target} ({len(text.splitlines())} lines): {size_meaning(values)}; loss {values['loss']} on {values['label_transform']} labels,"
+        f" lr {values['learning_rate']:g}, global batch {values['global_batch']}" + (f", {values['max_minutes']:g}-minute budget for the whole script" if values["max_minutes"] else ""),
     ]
-    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands, "skipped": unchanged}
+    measured = None
+    if estimate and n_pairs:
+        try:
+            measured = measure_stage(run_)
+            lines.append(f"expected wall time of `train`: {measured['seconds'] / 60:.1f} min — {measured['plan'].removeprefix('plan: ')}")
+        except SkillError as err:
+            warnings.append(f"no time estimate: {err.message} ({err.fix})")
+    lines += ["run it with one of:", *(f"  {c}" for c in commands), f"or: reranker-skill train --run {run_.path}"]
+    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands, "skipped": unchanged, "estimate": measured}
     return Result(artifacts={"script": str(target)}, metrics=metrics, warnings=warnings, text="\n".join(lines))
