@@ -8,6 +8,7 @@ Python literal — a model id holding quotes, newlines or code stays an inert st
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -283,12 +284,16 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False, estimate: 
         f" lr {values['learning_rate']:g}, global batch {values['global_batch']}" + (f", {values['max_minutes']:g}-minute budget for the whole script" if values["max_minutes"] else ""),
     ]
     measured = None
-    if estimate and n_pairs:
+    offline_hub_base = not Path(values["base"]).exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if estimate and n_pairs and offline_hub_base:
+        warnings.append(f"no time estimate: the base {values['base']!r} is a hub id and HF_HUB_OFFLINE is set; `train` prints the estimate when it starts")
+    elif estimate and n_pairs:
         try:
             measured = measure_stage(run_)
             lines.append(f"expected wall time of `train`: {measured['seconds'] / 60:.1f} min — {measured['plan'].removeprefix('plan: ')}")
         except SkillError as err:
             warnings.append(f"no time estimate: {err.message} ({err.fix})")
     lines += ["run it with one of:", *(f"  {c}" for c in commands), f"or: reranker-skill train --run {run_.path}"]
-    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands, "skipped": unchanged, "estimate": measured}
+    metrics = {**values, "size_meaning": size_meaning(values), "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands}
+    metrics |= {"skipped": unchanged, "estimate": measured, "script_lines": len(text.splitlines())}
     return Result(artifacts={"script": str(target)}, metrics=metrics, warnings=warnings, text="\n".join(lines))
