@@ -65,7 +65,9 @@ def smoke_in_process(script: Path) -> tuple[dict, str]:
 
 
 def ruff(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ruff", *map(str, args), "--no-cache", "--config", str(REPO / "pyproject.toml")], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *map(str, args), "--no-cache", "--config", str(REPO / "pyproject.toml")], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,9 @@ def test_every_combination_renders_compiles_is_ruff_clean_and_runs_one_smoke_ste
     for values in itertools.product(*AXES.values()):
         combo = dict(zip(AXES, values, strict=True))
         budget = {"max_minutes": 5.0} if combo["budget"] == "minutes" else {"max_steps": 40}
-        cfg = TrainConfig(base=str(bases[combo["base_kind"]]), loss=combo["loss"], label_transform=combo["label_transform"], head=combo["head"], **SMALL, **budget)
+        cfg = TrainConfig(
+            base=str(bases[combo["base_kind"]]), loss=combo["loss"], label_transform=combo["label_transform"], head=combo["head"], **SMALL, **budget
+        )
         values_ = resolve(cfg)
         assert values_["base_kind"] == combo["base_kind"]  # detected from the folder
         rendered.setdefault(render_script(values_), []).append(combo)
@@ -261,7 +265,9 @@ def test_render_writes_script_records_stage_and_protects_hand_edits(run, tiny_ba
     assert code == 0, payload
     assert payload["metrics"]["learning_rate"] == 1.2e-4 and payload["metrics"]["train_pairs"] > 500
     assert any("optimizer steps per epoch" in w and "--global-batch" in w for w in payload["warnings"])  # small data: exact flags
-    assert any("accelerate launch" in c for c in payload["metrics"]["commands"]) and any("torchrun --nproc_per_node" in c for c in payload["metrics"]["commands"])
+    assert any("accelerate launch" in c for c in payload["metrics"]["commands"]) and any(
+        "torchrun --nproc_per_node" in c for c in payload["metrics"]["commands"]
+    )
     script = run / "train.py"
     with open(script, "a") as fh:
         fh.write("# my edit\n")
