@@ -81,11 +81,10 @@ def launch_command(script: Path, launcher: str = "python", nproc_per_node: int |
     if launcher == "python":
         return [sys.executable, str(script)]
     if launcher == "accelerate":
-        import torch
-
-        # Without a GPU, `accelerate launch --num_processes N` starts one process unless told the processes are CPU ones.
-        cpu = [] if torch.cuda.is_available() else ["--cpu"]
-        return [sys.executable, "-m", "accelerate.commands.launch", *cpu, *(["--num_processes", str(nproc_per_node)] if nproc_per_node else []), str(script)]
+        # --multi_gpu is accelerate's launcher of N local processes (torchrun underneath); train.py picks gloo on a machine
+        # without a GPU. Without it, and without a GPU, `accelerate launch --num_processes N` starts one process (--cpu: MPI only).
+        processes = ["--multi_gpu", "--num_processes", str(nproc_per_node)] if (nproc_per_node or 1) > 1 else []
+        return [sys.executable, "-m", "accelerate.commands.launch", *processes, str(script)]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node or 1), str(script)]
     raise SkillError(f"unknown launcher {launcher!r}", code=ExitCode.USAGE, fix="use --launcher python, accelerate or torchrun")
