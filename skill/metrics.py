@@ -139,7 +139,9 @@ def mean_ci(values: Sequence[float], *, resamples: int = 10_000, confidence: flo
         return (m, m)
     from scipy import stats
 
-    res = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (x,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=True, rng=np.random.default_rng(seed)
+    )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -248,7 +250,9 @@ def choose_fusion_weight(
     α = 0 is the first stage alone, α = 1 the student alone: both are measured like every other system.
     """
     by_alpha = {
-        a: mean_metric(system_metrics(fuse(student, first_stage, groups, a), doc_ids=doc_ids, first_stage_rank=first_stage_rank, groups=groups, qrels=qrels, k=k))
+        a: mean_metric(
+            system_metrics(fuse(student, first_stage, groups, a), doc_ids=doc_ids, first_stage_rank=first_stage_rank, groups=groups, qrels=qrels, k=k)
+        )
         for a in grid
     }
     alpha = max(grid, key=lambda a: (round(by_alpha[a], 12), -a))
@@ -323,4 +327,6 @@ def collapsed(student_median_std: float | None, teacher_median_std: float | None
         return True, f"median per-query score spread {student_median_std:.3g} < {floor:g}"
     if teacher_median_std and student_median_std < ratio * teacher_median_std:
         return True, f"median per-query score spread {student_median_std:.3g} < {ratio:g} × teacher's {teacher_median_std:.3g}"
-    return False, f"median per-query score spread {student_median_std:.3g}" + (f" ({student_median_std / teacher_median_std:.2f} × teacher's)" if teacher_median_std else "")
+    return False, f"median per-query score spread {student_median_std:.3g}" + (
+        f" ({student_median_std / teacher_median_std:.2f} × teacher's)" if teacher_median_std else ""
+    )

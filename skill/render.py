@@ -72,14 +72,17 @@ def _check_literal(value: Any, depth: int = 0) -> None:
     raise TypeError(f"{type(value).__name__} is not allowed in a rendered script (only plain literals)")
 
 
+def is_local_folder(base: str) -> bool:
+    try:
+        return Path(base).is_dir()
+    except OSError:  # e.g. a name too long to be a path: it can only be a (bad) hub id, which training will report
+        return False
+
+
 def detect_base_kind(base: str) -> str:
     """encoder, bi-encoder or reranker, from a local folder's files or, for a hub id, its name."""
     path = Path(base)
-    try:
-        is_dir = path.is_dir()
-    except OSError:  # e.g. a name too long to be a path: it can only be a (bad) hub id, which training will report
-        is_dir = False
-    if is_dir:
+    if is_local_folder(base):
         from skill.modeling import model_folder_kind
 
         kind = model_folder_kind(path)
@@ -204,7 +207,7 @@ def run_commands(run: Path) -> list[str]:
 
 
 def selection_split(run: Run) -> str:
-    """"heldout" for a run folder that has held-out candidates but no dev split (from before dev splits); else "dev"."""
+    """ "heldout" for a run folder that has held-out candidates but no dev split (from before dev splits); else "dev"."""
     has_dev = run.file("dev_candidates.parquet").exists() and run.file("qrels_dev.json").exists()
     return "heldout" if not has_dev and run.file("heldout_candidates.parquet").exists() else "dev"
 
@@ -212,11 +215,21 @@ def selection_split(run: Run) -> str:
 def size_meaning(values: dict[str, Any]) -> str:
     """What --size means for this render: the Ettin model itself, or only the defaults taken from its row of the ladder."""
     spec = size_spec(values["size"])
-    taken = [f"{name} {values[key]:g}" for key, name, default in (("learning_rate", "lr", spec.learning_rate), ("global_batch", "global batch", spec.global_batch)) if values[key] == default]
+    taken = [
+        f"{name} {values[key]:g}"
+        for key, name, default in (("learning_rate", "lr", spec.learning_rate), ("global_batch", "global batch", spec.global_batch))
+        if values[key] == default
+    ]
     if values["base"] == spec.base:
-        return f"Ettin {values['size']} ({spec.params_m:g}M parameters; {', '.join(taken) or 'lr and global batch overridden'} from its row of ettin_sizes.yaml)"
+        return (
+            f"Ettin {values['size']} ({spec.params_m:g}M parameters; {', '.join(taken) or 'lr and global batch overridden'} from its row of ettin_sizes.yaml)"
+        )
     verb = "comes" if len(taken) == 1 else "come"
-    defaults = f"{' and '.join(taken)} {verb} from the Ettin {values['size']} row of ettin_sizes.yaml" if taken else f"the Ettin {values['size']} row's lr and global batch are both overridden"
+    defaults = (
+        f"{' and '.join(taken)} {verb} from the Ettin {values['size']} row of ettin_sizes.yaml"
+        if taken
+        else f"the Ettin {values['size']} row's lr and global batch are both overridden"
+    )
     return f"base {values['base']} as {values['base_kind']}, not an Ettin model: --size only picks defaults ({defaults})"
 
 
@@ -228,11 +241,21 @@ def measure_stage(run: Run, *, timeout: float = 900) -> dict:
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     try:
-        proc = subprocess.run([sys.executable, str(run.file(SCRIPT)), "--estimate"], cwd=run.path, env=env, capture_output=True, text=True, timeout=timeout, errors="replace")
+        proc = subprocess.run(
+            [sys.executable, str(run.file(SCRIPT)), "--estimate"], cwd=run.path, env=env, capture_output=True, text=True, timeout=timeout, errors="replace"
+        )
     except subprocess.TimeoutExpired:
-        raise SkillError(f"measuring the speed took over {timeout:.0f} s", fix="skip it with --no-estimate; `train` prints the estimate when it starts") from None
+        raise SkillError(
+            f"measuring the speed took over {timeout:.0f} s", fix="skip it with --no-estimate; `train` prints the estimate when it starts"
+        ) from None
     found = [line for line in proc.stdout.splitlines() if line.startswith("ESTIMATE ")]
     if proc.returncode != 0 or not found:
         last = next((line for line in reversed((proc.stdout + proc.stderr).splitlines()) if line.strip()), "(no output)")
@@ -271,7 +294,12 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False, estimate: 
     if values["split"] != "dev":
         warnings.append("no dev split in this run folder: checkpoints will be chosen on held-out queries (optimistic) — re-run `reranker-skill mine`")
     # Rewriting an identical script is a no-op: the manifest and the file stay as they are.
-    unchanged = target.exists() and previous is not None and previous.get("metrics", {}).get("script_sha256") == hash_file(target) and target.read_text(encoding="utf-8") == text
+    unchanged = (
+        target.exists()
+        and previous is not None
+        and previous.get("metrics", {}).get("script_sha256") == hash_file(target)
+        and target.read_text(encoding="utf-8") == text
+    )
     if not unchanged:
         stage = Stage(run_, "render", config=values, inputs={})
         with stage.running():
@@ -281,10 +309,11 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False, estimate: 
     commands = run_commands(run_.path)
     lines = [
         f"wrote {target} ({len(text.splitlines())} lines): {size_meaning(values)}; loss {values['loss']} on {values['label_transform']} labels,"
-        f" lr {values['learning_rate']:g}, global batch {values['global_batch']}" + (f", {values['max_minutes']:g}-minute budget for the whole script" if values["max_minutes"] else ""),
+        f" lr {values['learning_rate']:g}, global batch {values['global_batch']}"
+        + (f", {values['max_minutes']:g}-minute budget for the whole script" if values["max_minutes"] else ""),
     ]
     measured = None
-    offline_hub_base = not Path(values["base"]).exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline_hub_base = not is_local_folder(values["base"]) and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     if estimate and n_pairs and offline_hub_base:
         warnings.append(f"no time estimate: the base {values['base']!r} is a hub id and HF_HUB_OFFLINE is set; `train` prints the estimate when it starts")
     elif estimate and n_pairs:

@@ -55,7 +55,15 @@ def _stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, *, append
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a" if append else "w", encoding="utf-8", buffering=1) as log_file:
         proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace", preexec_fn=_die_with_parent if sys.platform == "linux" else None
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            errors="replace",
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         try:
             assert proc.stdout is not None
@@ -140,7 +148,13 @@ def train(
 
     # A smoke run is one step: always a single process.
     cmd = launch_command(script.resolve(), "python" if smoke else launcher, nproc_per_node) + (["--smoke"] if smoke else []) + (["--resume"] if resume else [])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     env.pop("SMOKE", None)
     print(f"running: {' '.join(cmd)}", file=sys.stderr)
     with stage.running():
@@ -150,7 +164,10 @@ def train(
             last = next((line for line in reversed(tail) if line.strip()), "(no output)")
             has_checkpoint = any(run_.file(f"{out_rel}checkpoints").glob("checkpoint-*"))
             raise SkillError(
-                f"train.py exited with code {code}: {last[:300]}", code=ExitCode.RUNTIME_FAILURE, where=str(log), fix=failure_fix(run_.path, log, smoke=smoke, has_checkpoint=has_checkpoint)
+                f"train.py exited with code {code}: {last[:300]}",
+                code=ExitCode.RUNTIME_FAILURE,
+                where=str(log),
+                fix=failure_fix(run_.path, log, smoke=smoke, has_checkpoint=has_checkpoint),
             )
         result_path = run_.file(f"{out_rel}train_result.json")
         if not result_path.exists() or not run_.file(f"{out_rel}{DEV_SCORES}").exists():
@@ -160,7 +177,9 @@ def train(
             log_file.write(check["line"] + "\n")
         print(check["line"], file=sys.stderr)
         result = read_json(result_path)
-        stage.outputs.update({"student": f"{out_rel}student", "result": f"{out_rel}train_result.json", "log": f"{out_rel}train_log.txt", "dev_scores": f"{out_rel}{DEV_SCORES}"})
+        stage.outputs.update(
+            {"student": f"{out_rel}student", "result": f"{out_rel}train_result.json", "log": f"{out_rel}train_log.txt", "dev_scores": f"{out_rel}{DEV_SCORES}"}
+        )
         metrics = {
             "dev_check": check["label"],
             "dev_check_line": check["line"],
@@ -184,8 +203,10 @@ def train(
         stage.metrics.update(metrics)
     warnings += script_warnings
     if result["selection_split"] != "dev":
-        warnings.append("no dev queries in this run folder: the checkpoint and the fusion weight were chosen on held-out queries, so `evaluate` on them is optimistic")
-    if result.get("push") and not result["push"].get("ok"):
+        warnings.append(
+            "no dev queries in this run folder: the checkpoint and the fusion weight were chosen on held-out queries, so `evaluate` on them is optimistic"
+        )
+    if result.get("push") and not result["push"].get("ok") and not any(w.startswith("push to") for w in script_warnings):
         warnings.append(f"push to {result['push'].get('repo')} failed: {result['push'].get('error')} (the model is saved locally)")
     artifacts = {k: str(run_.file(v)) for k, v in stage.outputs.items()}
     text = "\n".join([check["line"], f"student: {artifacts['student']}", f"result: {artifacts['result']}"])
@@ -220,7 +241,12 @@ def dev_check(run: Run, out_rel: str = "") -> dict:
     queries = sorted(per_query["student"])
     means = {name: {m: float(np.mean(M.column(rows, m, queries))) for m in ("ndcg@10", "mrr@10")} for name, rows in per_query.items()}
     defaults = EvaluateConfig()
-    paired = M.paired_test(M.column(per_query["student"], "ndcg@10", queries), M.column(per_query["first_stage"], "ndcg@10", queries), resamples=defaults.resamples, seed=defaults.seed)
+    paired = M.paired_test(
+        M.column(per_query["student"], "ndcg@10", queries),
+        M.column(per_query["first_stage"], "ndcg@10", queries),
+        resamples=defaults.resamples,
+        seed=defaults.seed,
+    )
     label = M.verdict(paired.delta, paired.p_value, margin=defaults.margin, alpha=defaults.alpha)
     line = (
         f"DEV CHECK: {label} | student ndcg@10={means['student']['ndcg@10']:.4f} vs first stage {means['first_stage']['ndcg@10']:.4f}"
