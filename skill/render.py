@@ -310,7 +310,7 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False, estimate: 
     lines = [
         f"wrote {target} ({len(text.splitlines())} lines): {size_meaning(values)}; loss {values['loss']} on {values['label_transform']} labels,"
         f" lr {values['learning_rate']:g}, global batch {values['global_batch']}"
-        + (f", {values['max_minutes']:g}-minute budget for the whole script" if values["max_minutes"] else ""),
+        + (f", {values['max_minutes']:g}-minute budget for train.py after its imports" if values["max_minutes"] else ""),
     ]
     measured = None
     offline_hub_base = not is_local_folder(values["base"]) and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")

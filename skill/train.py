@@ -175,7 +175,6 @@ def train(
         check = dev_check(run_, out_rel)
         with open(log, "a", encoding="utf-8") as log_file:
             log_file.write(check["line"] + "\n")
-        print(check["line"], file=sys.stderr)
         result = read_json(result_path)
         stage.outputs.update(
             {"student": f"{out_rel}student", "result": f"{out_rel}train_result.json", "log": f"{out_rel}train_log.txt", "dev_scores": f"{out_rel}{DEV_SCORES}"}

@@ -46,8 +46,9 @@ def test_train_end_to_end_dev_check_identity_raw_scores(trained):
 
     run, payload, stderr = trained
     m = payload["metrics"]
-    lines = [line for line in stderr.splitlines() if line.startswith("DEV CHECK: ")]  # live progress went to stderr
-    assert len(lines) == 1 and lines[0] == m["dev_check_line"] and not any(line.startswith("VERDICT") for line in stderr.splitlines())
+    log = (run / "train_log.txt").read_text()  # the script's output (live on stderr too) and the check
+    lines = [line for line in log.splitlines() if line.startswith("DEV CHECK: ")]
+    assert len(lines) == 1 and lines[0] == m["dev_check_line"] and not any(line.startswith("VERDICT") for line in log.splitlines())
     assert (
         m["dev_check"] in ("WIN", "MARGINAL", "REGRESSION") and f"student ndcg@10={m['ndcg@10']:.4f} vs first stage {m['first_stage_ndcg@10']:.4f}" in lines[0]
     )
@@ -57,7 +58,7 @@ def test_train_end_to_end_dev_check_identity_raw_scores(trained):
     first_step = stderr.index("step 1/4")
     assert stderr.index("plan: 4 steps of 16 pairs") < first_step and "expected wall time" in stderr[:first_step]
     assert "step 2/4 | " in stderr and " min elapsed, ETA " in stderr and "eval_dev_ndcg@10=" in stderr
-    assert (run / "train_log.txt").read_text().rstrip().endswith(m["dev_check_line"])  # the log holds the script's output and the check
+    assert log.rstrip().endswith(m["dev_check_line"])
 
     result = json.loads((run / "train_result.json").read_text())
     check = result["dev_check"]
