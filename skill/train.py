@@ -23,7 +23,7 @@ import numpy as np
 from skill import metrics as M
 from skill.config import EvaluateConfig, TrainConfig
 from skill.envelope import Result
-from skill.errors import ExitCode, SkillError, missing
+from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import read_json, read_parquet, write_json, write_text
 from skill.manifest import Run, Stage
 from skill.render import SCRIPT, render
@@ -98,6 +98,20 @@ def launch_command(script: Path, launcher: str = "python", nproc_per_node: int |
     raise SkillError(f"unknown launcher {launcher!r}", code=ExitCode.USAGE, fix="use --launcher python, accelerate or torchrun")
 
 
+def check_selection_queries(run: Run) -> None:
+    """The queries that choose the checkpoint (dev, else held-out) need a positive, or there is nothing to choose by."""
+    from skill.render import selection_split
+
+    split = selection_split(run)
+    qrels = run.file(f"qrels_{split}.json")
+    if qrels.exists() and not any(g > 0 for grades in read_json(qrels).values() for g in grades.values()):
+        raise invalid(
+            f"no {split} query has a positive in qrels_{split}.json: nothing can choose the checkpoint",
+            where=str(qrels),
+            fix=f"rerun `reranker-skill mine --run {run.path} --force` with qrels that label the {split} queries",
+        )
+
+
 def failure_fix(run: Path, log: Path, *, smoke: bool, has_checkpoint: bool) -> str:
     """What to do after train.py failed: a failed smoke is fixed and smoked again, never followed by the full run."""
     if smoke:
@@ -126,6 +140,7 @@ def train(
         if not run_.file(name).exists():
             raise missing(f"{name} is missing", where=str(run_.file(name)), fix=f"run `{producer} --run {run_.path} ...` first")
 
+    check_selection_queries(run_)
     out_rel = "smoke/" if smoke else ""
     stage = Stage(
         run_,
