@@ -259,6 +259,11 @@ _TRAIN_OPTIONS = [
     click.option("--label-transform", type=click.Choice(["raw", "centred", "zscore"]), help="centred: minus each query's mean teacher score; zscore: also divide by its spread."),
     click.option("--gold-positives", type=click.Choice(["none", "lift"]), help="lift: qrels positives of training queries get the query's top teacher label + --gold-margin."),
     click.option("--gold-margin", type=float, help="How far above the teacher's best a gold positive is lifted (default 2.0)."),
+    click.option(
+        "--gold-guard-margin",
+        type=float,
+        help="With lift: leave out candidates the teacher scores at or above a gold positive's label minus this (likely unlabelled positives; default 0).",
+    ),
     click.option("--list-size", type=int, help="Documents per query group for listnet (default 8)."),
     click.option("--head-lr-multiplier", type=float, help="Learning rate of the head = learning rate × this (default 1)."),
     click.option("--learning-rate", type=float, help="Peak learning rate (default: the size's)."),
@@ -307,12 +312,13 @@ def _train_config(overrides: dict):
 @click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="The run folder (runs/NAME).")
 @train_options
 @click.option("--force", is_flag=True, help="Overwrite a train.py that was edited by hand.")
-def render_cmd(run_dir: Path, force: bool, **overrides) -> Result:
-    """Write runs/NAME/train.py, a standalone training script for the chosen size, and print how to run it."""
+@click.option("--no-estimate", is_flag=True, help="Do not measure the speed here (the estimate loads the base and times a few training passes).")
+def render_cmd(run_dir: Path, force: bool, no_estimate: bool, **overrides) -> Result:
+    """Write runs/NAME/train.py, a standalone training script for the chosen size, and print how to run it and how long it will take."""
     from skill.config import TrainConfig
     from skill.render import render
 
-    return render(run_dir, _train_config(overrides) or TrainConfig(), force=force)
+    return render(run_dir, _train_config(overrides) or TrainConfig(), force=force, estimate=not no_estimate)
 
 
 @envelope_command("train")

@@ -113,6 +113,9 @@ class TrainConfig(_Section):
     # so gold labels outrank whatever the teacher preferred (never applied to held-out queries).
     gold_positives: Literal["none", "lift"] = "none"
     gold_margin: float = Field(2.0, ge=0, le=100)
+    # With lift, a candidate whose label is >= its query's gold positive's label - gold_guard_margin is a likely
+    # unlabelled positive (the teacher rates it as high as the gold one): it is left out, never demoted below the lift.
+    gold_guard_margin: float = Field(0.0, ge=-100, le=100)
     list_size: int = Field(8, ge=2, le=256)  # documents per query group (listnet)
     head_lr_multiplier: float = Field(1.0, gt=0, le=1000)
     learning_rate: float | None = Field(None, gt=0, lt=1)

@@ -139,7 +139,9 @@ def mean_ci(values: Sequence[float], *, resamples: int = 10_000, confidence: flo
         return (m, m)
     from scipy import stats
 
-    res = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (x,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=True, rng=np.random.default_rng(seed)
+    )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -214,6 +216,57 @@ def fuse(student: Sequence[float], first_stage: Sequence[float], groups: Mapping
     return out
 
 
+FUSION_GRID = tuple(i / 10 for i in range(11))  # candidate weights of the student in `fuse`
+
+
+def system_metrics(
+    scores: Sequence[float], *, doc_ids: Sequence[str], first_stage_rank: Sequence[int], groups: Mapping[str, np.ndarray], qrels: QrelsMap, k: int
+) -> dict[str, dict[str, float]]:
+    """Per-query metrics of one system's scores over candidate lists (`groups`: query id -> row indices), ranked by `rank`.
+
+    What `evaluate` computes for every system: every query of `qrels` with a positive counts, also one without candidates.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    ranks = np.asarray(first_stage_rank)
+    rankings = {q: rank([doc_ids[i] for i in ix], s[ix], ranks[ix]) for q, ix in groups.items()}
+    return evaluate_rankings(rankings, qrels, k)
+
+
+def mean_metric(per_query: Mapping[str, Mapping[str, float]], metric: str = "ndcg@10") -> float:
+    return float(np.mean([row[metric] for row in per_query.values()])) if per_query else float("nan")
+
+
+def choose_fusion_weight(
+    student: Sequence[float],
+    first_stage: Sequence[float],
+    *,
+    doc_ids: Sequence[str],
+    first_stage_rank: Sequence[int],
+    groups: Mapping[str, np.ndarray],
+    qrels: QrelsMap,
+    k: int,
+    grid: Sequence[float] = FUSION_GRID,
+) -> dict:
+    """The weight α of `fuse` with the highest mean NDCG@10 on these queries; ties go to the smaller α (closer to the first stage).
+
+    α = 0 is the first stage alone, α = 1 the student alone: both are measured like every other system.
+    """
+    by_alpha = {
+        a: mean_metric(
+            system_metrics(fuse(student, first_stage, groups, a), doc_ids=doc_ids, first_stage_rank=first_stage_rank, groups=groups, qrels=qrels, k=k)
+        )
+        for a in grid
+    }
+    alpha = max(grid, key=lambda a: (round(by_alpha[a], 12), -a))
+    return {
+        "alpha": alpha,
+        "formula": "alpha * z(student) + (1 - alpha) * z(first_stage_score), z-scored per query over its candidates",
+        "chosen_on": sum(1 for grades in qrels.values() if has_positive(grades)),
+        "ndcg@10": by_alpha[alpha],
+        "ndcg@10_by_alpha": {f"{a:g}": v for a, v in by_alpha.items()},
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Score agreement (teacher ↔ student) and spread
 
@@ -276,7 +329,9 @@ def collapsed(student_median_std: float | None, teacher_median_std: float | None
         return True, f"median per-query score spread {student_median_std:.3g} < {floor:g}"
     if teacher_median_std and student_median_std < ratio * teacher_median_std:
         return True, f"median per-query score spread {student_median_std:.3g} < {ratio:g} × teacher's {teacher_median_std:.3g}"
-    return False, f"median per-query score spread {student_median_std:.3g}" + (f" ({student_median_std / teacher_median_std:.2f} × teacher's)" if teacher_median_std else "")
+    return False, f"median per-query score spread {student_median_std:.3g}" + (
+        f" ({student_median_std / teacher_median_std:.2f} × teacher's)" if teacher_median_std else ""
+    )
 
 
 # ---------------------------------------------------------------------------------------------

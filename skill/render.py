@@ -8,6 +8,7 @@ Python literal — a model id holding quotes, newlines or code stays an inert st
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from skill.io import hash_file, write_text
 from skill.loading import PACKAGED_PREFIX, resolve_packaged
 from skill.manifest import Run, Stage
 from skill.resources import resource_dir
-from skill.runfolder import SCORES, SCRIPT
-from skill.sizes import shared, size_spec
+from skill.runfolder import DEV_CANDIDATES, HELDOUT_CANDIDATES, QRELS_DEV, SCORES, SCRIPT
+from skill.sizes import SIZE_NAMES, shared, size_spec
 
 TEMPLATE = "train_reranker.py.j2"
 # On small data, aim for at least this many optimizer steps per epoch (see references/sizes-and-hyperparameters.md).
@@ -27,13 +28,27 @@ MIN_STEPS_PER_EPOCH = 100
 
 
 def pyrepr(value: Any) -> str:
-    """A validated Python literal for `value`: None, bool, int, finite float, str, or lists/dicts of them."""
+    """A validated Python literal for `value`: None, bool, int, finite float, str, or lists/dicts of them.
+
+    Strings come out double-quoted when they hold no double quote, as `ruff format` writes them.
+    """
     import jinja2
 
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises UndefinedError naming the missing variable
     _check_literal(value)
-    return repr(value)  # repr escapes quotes, backslashes and line breaks: a str stays one inert literal
+    return _literal(value)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        text = repr(value)  # repr escapes quotes, backslashes and line breaks: a str stays one inert literal
+        return f'"{text[1:-1]}"' if text.startswith("'") and '"' not in value else text
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _check_literal(value: Any, depth: int = 0) -> None:
@@ -58,14 +73,17 @@ def _check_literal(value: Any, depth: int = 0) -> None:
     raise TypeError(f"{type(value).__name__} is not allowed in a rendered script (only plain literals)")
 
 
+def is_local_folder(base: str) -> bool:
+    try:
+        return Path(base).is_dir()
+    except OSError:  # e.g. a name too long to be a path: it can only be a (bad) hub id, which training will report
+        return False
+
+
 def detect_base_kind(base: str) -> str:
     """encoder, bi-encoder or reranker, from a local folder's files or, for a hub id, its name."""
     path = Path(base)
-    try:
-        is_dir = path.is_dir()
-    except OSError:  # e.g. a name too long to be a path: it can only be a (bad) hub id, which training will report
-        is_dir = False
-    if is_dir:
+    if is_local_folder(base):
         from skill.modeling import model_folder_kind
 
         kind = model_folder_kind(path)
@@ -78,14 +96,36 @@ def detect_base_kind(base: str) -> str:
     return "encoder"
 
 
-def resolve(cfg: TrainConfig) -> dict[str, Any]:
-    """Every template value, concrete: the size's defaults from ettin_sizes.yaml under the overrides."""
+# The values a template branches on, and the words they may take: anything else is refused before rendering.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "size": SIZE_NAMES,
+    "base_kind": ("encoder", "bi-encoder", "reranker"),
+    "pooling": ("cls", "mean"),
+    "head": ("ettin", "linear"),
+    "loss": ("mse", "margin-mse", "listnet"),
+    "label_transform": ("raw", "centred", "zscore"),
+    "gold_positives": ("none", "lift"),
+    "split": ("dev", "heldout"),
+}
+
+
+def resolve_base(base: str) -> str:
+    """The base as train.py must see it: a `packaged:NAME` becomes the packaged model's absolute folder, and a
+    folder that exists here becomes absolute (train.py runs inside the run folder); a hub id is kept as given."""
+    if base.startswith(PACKAGED_PREFIX):
+        base = resolve_packaged(base)
+    return _absolute_if_local(base)
+
+
+def resolve(cfg: TrainConfig, *, split: str = "dev") -> dict[str, Any]:
+    """Every template value, concrete: the size's defaults from ettin_sizes.yaml under the overrides.
+
+    `split`: the queries that choose the checkpoint, "dev" (training queries kept out of training) or
+    "heldout" (a run folder without a dev split).
+    """
     size = cfg.size or "17m"
     spec, common = size_spec(size), shared()
-    base = cfg.base or spec.base
-    if base.startswith(PACKAGED_PREFIX):  # the absolute folder, so train.py runs from anywhere
-        base = resolve_packaged(base)
-    base = _absolute_if_local(base)
+    base = resolve_base(cfg.base or spec.base)
     kind = cfg.base_kind if cfg.base_kind != "auto" else detect_base_kind(base)
     global_batch = cfg.global_batch or spec.global_batch
     per_device = min(cfg.per_device_batch or spec.per_device_batch, global_batch)
@@ -99,6 +139,7 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
         "label_transform": cfg.label_transform,
         "gold_positives": cfg.gold_positives,
         "gold_margin": float(cfg.gold_margin),
+        "gold_guard_margin": float(cfg.gold_guard_margin),
         "list_size": cfg.list_size,
         "learning_rate": cfg.learning_rate or spec.learning_rate,
         "head_lr_multiplier": float(cfg.head_lr_multiplier),
@@ -113,9 +154,9 @@ def resolve(cfg: TrainConfig) -> dict[str, Any]:
         "eval_queries": cfg.eval_queries,
         "early_stopping_patience": cfg.early_stopping_patience if cfg.early_stopping_patience is not None else common.early_stopping_patience,
         "seed": cfg.seed if cfg.seed is not None else common.seed,
-        "verdict_margin": common.verdict_margin,
         "push_to_hub": cfg.push_to_hub,
         "trust_remote_code": cfg.trust_remote_code,
+        "split": split,
     }
 
 
@@ -136,6 +177,8 @@ def _environment():
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        trim_blocks=True,  # a line holding only a {% tag %} leaves nothing behind
+        lstrip_blocks=True,
     )
     env.filters["pyrepr"] = pyrepr
     return env
@@ -145,6 +188,9 @@ def render_script(values: dict[str, Any]) -> str:
     """The training script's text; compiled once here so a broken render never reaches disk."""
     import jinja2
 
+    for name, allowed in CHOICES.items():
+        if name in values and values[name] not in allowed:
+            raise SkillError(f"cannot render {TEMPLATE}: {name}={values[name]!r} is not one of {', '.join(allowed)}", fix="choose one of the listed values")
     try:
         text = _environment().get_template(TEMPLATE).render(**values)
     except (jinja2.UndefinedError, TypeError) as exc:
@@ -168,12 +214,71 @@ def small_data_advice(n_pairs: int, values: dict[str, Any]) -> str | None:
 
 def run_commands(run: Path) -> list[str]:
     script = run / SCRIPT
-    return [f"python {script}", f"accelerate launch {script}", f"torchrun --nproc_per_node N {script}", f"SMOKE=1 python {script}", f"python {script} --resume"]
+    return [f"python {script}", f"accelerate launch {script}", f"torchrun --nproc_per_node N {script}", f"python {script} --smoke", f"python {script} --resume"]
 
 
-def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
+def selection_split(run: Run) -> str:
+    """ "heldout" for a run folder that has held-out candidates but no dev split (from before dev splits); else "dev"."""
+    has_dev = run.file(DEV_CANDIDATES).exists() and run.file(QRELS_DEV).exists()
+    return "heldout" if not has_dev and run.file(HELDOUT_CANDIDATES).exists() else "dev"
+
+
+def size_meaning(values: dict[str, Any]) -> str:
+    """What --size means for this render: the Ettin model itself, or only the defaults taken from its row of the ladder."""
+    spec = size_spec(values["size"])
+    taken = [
+        f"{name} {values[key]:g}"
+        for key, name, default in (("learning_rate", "lr", spec.learning_rate), ("global_batch", "global batch", spec.global_batch))
+        if values[key] == default
+    ]
+    if values["base"] == spec.base:
+        return (
+            f"Ettin {values['size']} ({spec.params_m:g}M parameters; {', '.join(taken) or 'lr and global batch overridden'} from its row of ettin_sizes.yaml)"
+        )
+    verb = "comes" if len(taken) == 1 else "come"
+    defaults = (
+        f"{' and '.join(taken)} {verb} from the Ettin {values['size']} row of ettin_sizes.yaml"
+        if taken
+        else f"the Ettin {values['size']} row's lr and global batch are both overridden"
+    )
+    return f"base {values['base']} as {values['base_kind']}, not an Ettin model: --size only picks defaults ({defaults})"
+
+
+def measure_stage(run: Run, *, timeout: float = 900) -> dict:
+    """Run `train.py --estimate`: the script measures training and scoring pairs/s on this machine on real pairs and
+    prints the expected wall time of the whole `train` stage. Returns its ESTIMATE record; raises SkillError when it fails."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(run.file(SCRIPT)), "--estimate"], cwd=run.path, env=env, capture_output=True, text=True, timeout=timeout, errors="replace"
+        )
+    except subprocess.TimeoutExpired:
+        raise SkillError(
+            f"measuring the speed took over {timeout:.0f} s", fix="skip it with --no-estimate; `train` prints the estimate when it starts"
+        ) from None
+    found = [line for line in proc.stdout.splitlines() if line.startswith("ESTIMATE ")]
+    if proc.returncode != 0 or not found:
+        last = next((line for line in reversed((proc.stdout + proc.stderr).splitlines()) if line.strip()), "(no output)")
+        raise SkillError(f"train.py --estimate failed: {last[:300]}", fix=f"run `python {run.file(SCRIPT)} --estimate` to see why")
+    plan = next((line for line in proc.stdout.splitlines() if line.startswith("plan: ")), "")
+    return {**json.loads(found[-1].removeprefix("ESTIMATE ")), "plan": plan}
+
+
+def render(run: str | Path, cfg: TrainConfig, *, force: bool = False, estimate: bool = False) -> Result:
+    """Write runs/NAME/train.py for `cfg`; with `estimate`, also measure the speed here and say how long `train` will take."""
     run_ = Run(run)
-    values = resolve(cfg)
+    values = resolve(cfg, split=selection_split(run_))
     text = render_script(values)
     target = run_.file(SCRIPT)
     previous = run_.stage("render")
@@ -197,6 +302,8 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
             warnings.append(advice)
     else:
         warnings.append(f"{scores} does not exist yet: run `reranker-skill mine` and `reranker-skill score` before training")
+    if values["split"] != "dev":
+        warnings.append("no dev split in this run folder: checkpoints will be chosen on held-out queries (optimistic) — re-run `reranker-skill mine`")
     # Rewriting an identical script is a no-op: the manifest and the file stay as they are.
     stage = Stage(run_, "render", config=values, inputs={})
     unchanged = stage.fresh() is not None and target.read_text(encoding="utf-8") == text
@@ -206,10 +313,21 @@ def render(run: str | Path, cfg: TrainConfig, *, force: bool = False) -> Result:
             tx.metrics.update({"script_sha256": hash_file(staged), "train_memory_gb_estimate": spec.train_memory_gb})
     commands = run_commands(run_.path)
     lines = [
-        f"wrote {target} (size {values['size']}, base {values['base']} as {values['base_kind']}, loss {values['loss']}, lr {values['learning_rate']:g}, global batch {values['global_batch']})",
-        "run it with one of:",
-        *(f"  {c}" for c in commands),
-        f"or: reranker-skill train --run {run_.path}",
+        f"wrote {target} ({len(text.splitlines())} lines): {size_meaning(values)}; loss {values['loss']} on {values['label_transform']} labels,"
+        f" lr {values['learning_rate']:g}, global batch {values['global_batch']}"
+        + (f", {values['max_minutes']:g}-minute budget for train.py after its imports" if values["max_minutes"] else ""),
     ]
-    metrics = {**values, "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands, "skipped": unchanged}
+    measured = None
+    offline_hub_base = not is_local_folder(values["base"]) and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if estimate and n_pairs and offline_hub_base:
+        warnings.append(f"no time estimate: the base {values['base']!r} is a hub id and HF_HUB_OFFLINE is set; `train` prints the estimate when it starts")
+    elif estimate and n_pairs:
+        try:
+            measured = measure_stage(run_)
+            lines.append(f"expected wall time of `train`: {measured['seconds'] / 60:.1f} min — {measured['plan'].removeprefix('plan: ')}")
+        except SkillError as err:
+            warnings.append(f"no time estimate: {err.message} ({err.fix})")
+    lines += ["run it with one of:", *(f"  {c}" for c in commands), f"or: reranker-skill train --run {run_.path}"]
+    metrics = {**values, "size_meaning": size_meaning(values), "train_pairs": n_pairs, "train_memory_gb_estimate": spec.train_memory_gb, "commands": commands}
+    metrics |= {"skipped": unchanged, "estimate": measured, "script_lines": len(text.splitlines())}
     return Result(artifacts={"script": str(target)}, metrics=metrics, warnings=warnings, text="\n".join(lines))

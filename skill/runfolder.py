@@ -44,6 +44,7 @@ STUDENT = "student"
 FUSION = "fusion.json"  # inside the student folder
 TRAIN_RESULT = "train_result.json"
 TRAIN_LOG = "train_log.txt"
+STUDENT_DEV_SCORES = "student_dev_scores.parquet"  # every selection (dev) candidate's score before and after training
 CHECKPOINTS = "checkpoints"
 SMOKE = "smoke"  # `train --smoke` writes the same names under smoke/
 
@@ -71,8 +72,13 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
     },
     "score": {"scores": SCORES, "heldout_scores": HELDOUT_SCORES, "dev_scores": DEV_SCORES, "meta": SCORES_META},
     "render": {"script": SCRIPT},
-    "train": {"student": STUDENT, "result": TRAIN_RESULT, "log": TRAIN_LOG},
-    "train_smoke": {"student": f"{SMOKE}/{STUDENT}", "result": f"{SMOKE}/{TRAIN_RESULT}", "log": f"{SMOKE}/{TRAIN_LOG}"},
+    "train": {"student": STUDENT, "result": TRAIN_RESULT, "log": TRAIN_LOG, "student_dev_scores": STUDENT_DEV_SCORES},
+    "train_smoke": {
+        "student": f"{SMOKE}/{STUDENT}",
+        "result": f"{SMOKE}/{TRAIN_RESULT}",
+        "log": f"{SMOKE}/{TRAIN_LOG}",
+        "student_dev_scores": f"{SMOKE}/{STUDENT_DEV_SCORES}",
+    },
     "evaluate": {"report_json": REPORT_JSON, "report_md": REPORT_MD, "report_png": REPORT_PNG},
     "export": {},  # its output folder is wherever --out points
 }
@@ -139,25 +145,22 @@ class Fusion(BaseModel):
 
 
 class TrainResult(BaseModel):
-    """`train_result.json` (written by train.py): the fields `train` reads; train.py may write more."""
+    """`train_result.json` (written by train.py, completed by `train` with `dev_check`): the fields `train` reads."""
 
     model_config = ConfigDict(extra="allow")
 
-    verdict: str
-    delta: float
-    baseline: dict[str, Any]
-    best: dict[str, Any]
-    first_stage: dict[str, Any] | None = None
     global_step: int
-    stopped_early: bool = False
-    stopped_by_time_budget: bool = False
-    throughput: dict[str, Any] = {}
-    batch: dict[str, Any] = {}
-    seconds: float | None = None
+    planned_steps: int | None = None
+    ended_by: str  # "the plan" | "time budget" | "early stopping"
+    best_checkpoint: str | None = None
     resumed_from: str | None = None
-    selection_split: str | None = None
-    fusion: dict[str, Any] | None = None
+    selection_split: str  # the queries that chose the checkpoint: "dev" (or "heldout" in a folder without a dev split)
+    effective_global_batch: int
+    batch: dict[str, Any] = {}
+    throughput: dict[str, Any] = {}
+    seconds: float | None = None
     push: dict[str, Any] | None = None
+    dev_check: dict[str, Any] | None = None  # added by `train` (skill.metrics on student_dev_scores.parquet)
 
 
 class RenderSettings(BaseModel):

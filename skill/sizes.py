@@ -38,7 +38,6 @@ class SharedDefaults(BaseModel):
     eval_every: float = Field(gt=0)
     early_stopping_patience: int = Field(ge=0)
     max_seq_length: int = Field(gt=0)
-    verdict_margin: float = Field(ge=0)
     metric: str
 
 

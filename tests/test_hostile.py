@@ -18,7 +18,7 @@ from conftest import REPO, run_cli, write_jsonl
 from skill.config import TrainConfig
 from skill.errors import SkillError
 from skill.install import MARKER, SKILL_NAME
-from skill.render import render_script, resolve
+from skill.render import CHOICES, render_script, resolve
 
 
 def _hostile(marker: Path) -> list[str]:
@@ -46,6 +46,13 @@ def test_template_injection_through_every_rendered_string_field(tmp_path):
     defaults = resolve(TrainConfig())
     fields = sorted({k for k, v in defaults.items() if isinstance(v, str)} | {"push_to_hub"})
     assert {"base", "size", "base_kind", "pooling", "head", "loss", "label_transform", "push_to_hub"} <= set(fields)
+    # Choices the template branches on are refused outside their words, before anything is rendered.
+    for field in sorted(set(fields) & set(CHOICES)):
+        for value in _hostile(marker):
+            with pytest.raises(SkillError, match=field):
+                render_script({**defaults, field: value})
+    fields = [f for f in fields if f not in CHOICES]
+    assert fields == ["base", "push_to_hub"]
     out = tmp_path / "scripts"
     out.mkdir()
     cases = 0
@@ -289,7 +296,7 @@ def test_rendered_script_never_runs_custom_code_of_its_base(evil, toy_scored_run
     assert module["TRUST_REMOTE_CODE"] is False
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 20))
     with pytest.raises(ValueError, match="trust_remote_code"):
-        module["build_model"]("sdpa")
+        module["build_model"]()
     assert not evil["marker"].exists()
     render(run, TrainConfig(base=str(evil["encoder"]), base_kind="encoder", max_seq_length=32, trust_remote_code=True), force=True)
     assert runpy.run_path(str(run / "train.py"), run_name="rendered_trusting")["TRUST_REMOTE_CODE"] is True

@@ -410,7 +410,7 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads(proc.stdout)
     m = payload["metrics"]
-    assert m["global_step"] == 8 and m["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
+    assert m["global_step"] == 8 and m["dev_check"] in ("WIN", "MARGINAL", "REGRESSION")
     result = json.loads((run / "train_result.json").read_text())
     if complete:  # resumed from the last checkpoint saved whole, not from scratch
         assert m["resumed"] is True and int(result["resumed_from"].rsplit("-", 1)[1]) >= int(complete[-1].name.rsplit("-", 1)[1])

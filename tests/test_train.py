@@ -1,4 +1,5 @@
-"""Issue 4: `train` runs the rendered script on the tiny ModernBERT from a real scores table."""
+"""Issues 4, 13 and 14: `train` runs the rendered script on the tiny ModernBERT from a real scores table, and every number it
+shows comes from skill.metrics (the NDCG `evaluate` uses)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, run_json
+from test_render import _scores_with_planted_false_negatives
 
 from skill.config import TrainConfig
 from skill.render import render
@@ -28,44 +31,54 @@ def run(toy_scored_run, tmp_path):
     return target
 
 
-def test_train_end_to_end_verdict_identity_raw_scores(run, tiny_base):
+@pytest.fixture(scope="module")
+def trained(toy_scored_run, tiny_base, tmp_path_factory):
+    """One full `train` of 4 steps (evaluated at 2 and 4), shared by the tests that read its results."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(toy_scored_run, run)
+    proc = run_cli("train", "--run", run, "--base", tiny_base, "--max-steps", "4", "--eval-every", "2", "--learning-rate", "1e-3", *FAST, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, json.loads(proc.stdout), proc.stderr
+
+
+def test_train_end_to_end_dev_check_identity_raw_scores(trained):
     import torch
     from sentence_transformers import CrossEncoder
 
-    proc = run_cli("train", "--run", run, "--base", tiny_base, "--max-steps", "4", "--eval-every", "2", "--learning-rate", "1e-3", *FAST, "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    payload = json.loads(proc.stdout)
+    run, payload, stderr = trained
     m = payload["metrics"]
-    verdict_lines = [line for line in proc.stderr.splitlines() if line.startswith("VERDICT: ")]  # live progress went to stderr
-    assert len(verdict_lines) == 1 and verdict_lines[0] == m["verdict_line"]
-    assert m["verdict"] in ("WIN", "MARGINAL", "REGRESSION") and f"ndcg@10={m['ndcg@10']:.4f}" in m["verdict_line"]
-    assert f"baseline={m['baseline_ndcg@10']:.4f}" in m["verdict_line"] and f"delta={m['delta']:+.4f}" in m["verdict_line"]
-    assert m["global_step"] == 4 and m["effective_global_batch"] == 16 and m["train_pairs_per_second"] > 0
-    assert "step 2/4 eval" in proc.stderr and "baseline (student before training)" in proc.stderr
-    assert (run / "train_log.txt").read_text().rstrip().endswith(m["verdict_line"])  # the log is tee'd
+    log = (run / "train_log.txt").read_text()  # the script's output (live on stderr too) and the check
+    lines = [line for line in log.splitlines() if line.startswith("DEV CHECK: ")]
+    assert len(lines) == 1 and lines[0] == m["dev_check_line"] and not any(line.startswith("VERDICT") for line in log.splitlines())
+    assert (
+        m["dev_check"] in ("WIN", "MARGINAL", "REGRESSION") and f"student ndcg@10={m['ndcg@10']:.4f} vs first stage {m['first_stage_ndcg@10']:.4f}" in lines[0]
+    )
+    assert "on 8 dev queries that chose the checkpoint: optimistic, not the held-out verdict" in lines[0]
+    assert m["global_step"] == 4 and m["effective_global_batch"] == 16 and m["train_pairs_per_second"] > 0 and m["ended_by"] == "the plan"
+    # The expected wall time is printed before the first training step; progress lines carry elapsed time and ETA.
+    first_step = stderr.index("step 1/4")
+    assert stderr.index("plan: 4 steps of 16 pairs") < first_step and "expected wall time" in stderr[:first_step]
+    assert "step 2/4 | " in stderr and " min elapsed, ETA " in stderr and "eval_dev_ndcg@10=" in stderr
+    assert log.rstrip().endswith(m["dev_check_line"])
 
     result = json.loads((run / "train_result.json").read_text())
-    # The verdict is against the stronger of the untrained student and the first stage.
-    assert result["first_stage"] is not None and f"first_stage={result['first_stage']['ndcg@10']:.4f}" in m["verdict_line"]
-    decisive = min(result["delta"], result["delta_first_stage"])
-    assert result["verdict"] == ("WIN" if decisive >= 0.01 else "REGRESSION" if decisive <= -0.01 else "MARGINAL")
-    assert result["model_dir"] == "student" and result["best_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
-    # Checkpoints and the fusion weight are chosen on dev queries: training queries kept out of training.
+    check = result["dev_check"]
+    assert result["selection_split"] == "dev" and check["queries"] == 8 and result["batch"] == {"per_device": 8, "accumulation": 2, "processes": 1}
+    assert result["best_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
+    # The fusion weight is chosen with metrics.fuse on the same NDCG: alpha 0 is the first stage, alpha 1 the student.
+    fusion = check["fusion"]
+    assert len(fusion["ndcg@10_by_alpha"]) == 11 and fusion["split"] == "dev" and fusion["chosen_on"] == 8
+    assert fusion["ndcg@10_by_alpha"]["0"] == pytest.approx(check["first_stage"]["ndcg@10"], abs=1e-12)
+    assert fusion["ndcg@10_by_alpha"]["1"] == pytest.approx(check["student"]["ndcg@10"], abs=1e-12)
+    assert fusion["ndcg@10"] == max(fusion["ndcg@10_by_alpha"].values()) and json.loads((run / "student" / "fusion.json").read_text()) == fusion
     split = json.loads((run / "split.json").read_text())
-    assert result["selection_split"] == "dev" and result["eval_queries"] == len(split["dev"]) == 8 and "on 8 dev queries" in m["verdict_line"]
     assert not set(split["dev"]) & {r["query_id"] for r in pq.read_table(run / "scores.parquet", columns=["query_id"]).to_pylist()}
-    fusion = result["fusion"]
-    by_alpha = fusion["ndcg@10_by_alpha"]
-    assert len(by_alpha) == 11 and fusion["chosen_on"] == 8 and fusion["split"] == "dev"
-    assert by_alpha["0"] == pytest.approx(result["first_stage"]["ndcg@10"], abs=1e-9)  # alpha 0: the first stage, as the evaluator scored it
-    assert by_alpha["1"] == pytest.approx(result["best"]["ndcg@10"], abs=1e-6)  # alpha 1: the student alone
-    assert fusion["ndcg@10"] == max(by_alpha.values()) and by_alpha[f"{fusion['alpha']:g}"] == fusion["ndcg@10"]
-    assert json.loads((run / "student" / "fusion.json").read_text()) == fusion and m["fusion_alpha"] == fusion["alpha"]
-    assert result["batch"]["gradient_accumulation"] == 2 and result["device"] == {"device": "cpu", "bf16": False, "attn_implementation": "sdpa"}
     record = json.loads((run / "manifest.json").read_text())["stages"]["train"]
-    assert record["status"] == "ok" and record["metrics"]["verdict"] == m["verdict"] and record["outputs"]["student"] == "student"
+    assert record["status"] == "ok" and record["metrics"]["dev_check"] == m["dev_check"] and record["outputs"]["student"] == "student"
+    # The model card is sentence-transformers' own, with our section of skill.metrics numbers.
     card = (run / "student" / "README.md").read_text()
-    assert "toy-lexical-teacher" in card and "mse" in card and f"{m['ndcg@10']:.4f}" in card
+    assert card.startswith("---") and "library_name: sentence-transformers" in card and "reranker-skill" in card and "loss:MSELoss" in card
+    assert card.count("## Dev check (reranker-skill)") == 1 and f"| **this model** | {m['ndcg@10']:.4f} |" in card and f"α = {fusion['alpha']:g}" in card
 
     # The saved model reloads with Identity and rank() returns the head's raw output.
     config = json.loads((run / "student" / "config_sentence_transformers.json").read_text())
@@ -77,24 +90,106 @@ def test_train_end_to_end_verdict_identity_raw_scores(run, tiny_base):
     with torch.no_grad():
         raw = model(model.preprocess([("serialize an object to JSON", d) for d in docs]))["scores"].view(-1).tolist()
     assert sorted(r["score"] for r in ranked) == pytest.approx(sorted(raw), abs=1e-5)
-    sigmoid = torch.sigmoid(torch.tensor(raw)).tolist()
-    assert sorted(r["score"] for r in ranked) != pytest.approx(sorted(sigmoid), abs=1e-3)  # not squashed
+    assert sorted(r["score"] for r in ranked) != pytest.approx(sorted(torch.sigmoid(torch.tensor(raw)).tolist()), abs=1e-3)  # not squashed
 
-    # Same script, same data: skipped without a subprocess.
-    code, again = run_json("train", "--run", run)
+    code, again = run_json("train", "--run", run)  # same script, same data: skipped without a subprocess
     assert code == 0 and again["metrics"]["skipped"] is True and any("up to date" in w for w in again["warnings"])
 
 
-def test_smoke_runs_one_step_under_smoke(run, tiny_base):
-    render(
-        run,
-        TrainConfig(base=str(tiny_base), loss="margin-mse", label_transform="centred", max_seq_length=64, per_device_batch=8, global_batch=64, eval_queries=8),
-    )
+def test_train_time_dev_ndcg_equals_pytrec_eval_and_evaluate_on_the_same_queries_and_scores(trained, tmp_path):
+    """The train-time number is the held-out report's number: same NDCG (all positives, graded gains), same queries, same scores."""
+    import pytrec_eval
+
+    run, payload, _ = trained
+    check = json.loads((run / "train_result.json").read_text())["dev_check"]
+    dev = pq.read_table(run / "student_dev_scores.parquet").to_pandas()
+    qrels_all = json.loads((run / "qrels_dev.json").read_text())
+    queries = sorted(set(dev["query_id"]))
+    qrels = {q: {d: int(g) for d, g in qrels_all[q].items()} for q in queries}
+    assert all(group["score"].nunique() == len(group) for _, group in dev.groupby("query_id"))  # no ties: no tie rule can matter
+    # 1. trec_eval's own code, called here directly.
+    runs = {q: {d: float(s) for d, s in zip(g["doc_id"], g["score"], strict=True)} for q, g in dev.groupby("query_id")}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(runs)
+    assert np.mean([per_query[q]["ndcg_cut_10"] for q in queries]) == pytest.approx(check["student"]["ndcg@10"], abs=1e-12)
+    assert check["student"]["ndcg@10"] == pytest.approx(payload["metrics"]["ndcg@10"], abs=0)
+
+    # 2. `reranker-skill evaluate` on a run folder whose held-out queries are these dev queries: it scores the student itself.
+    other = tmp_path / "as_heldout"
+    other.mkdir()
+    candidates = pq.read_table(run / "dev_candidates.parquet")
+    pq.write_table(candidates.filter(np.isin(candidates["query_id"].to_numpy(zero_copy_only=False), queries)), other / "heldout_candidates.parquet")
+    (other / "qrels_heldout.json").write_text(json.dumps({q: qrels_all[q] for q in queries}))
+    shutil.copytree(run / "student", other / "student")
+    code, report = run_json("evaluate", "--run", other, "--skip-base", "--resamples", "100")
+    assert code in (0, 7), report
+    systems = json.loads((other / "report.json").read_text())["systems"]
+    assert systems["student"]["metrics"]["ndcg@10"]["mean"] == pytest.approx(check["student"]["ndcg@10"], abs=1e-6)
+    assert systems["first stage"]["metrics"]["ndcg@10"]["mean"] == pytest.approx(check["first_stage"]["ndcg@10"], abs=1e-12)
+    fused = next(v for k, v in systems.items() if v["kind"] == "fused")
+    assert fused["metrics"]["ndcg@10"]["mean"] == pytest.approx(check["fusion"]["ndcg@10"], abs=1e-6)
+
+
+def test_smoke_never_crashes_on_the_recommended_small_budget_settings(run, tiny_base):
+    """Issue 14: one smoke step on the quickstart's settings (warm-up 3 % of a 1-step plan crashed the old learning-rate lambda)."""
+    import yaml
+    from conftest import REPO
+
+    settings = yaml.safe_load((REPO / "recipes" / "quickstart-offline.yaml").read_text())["train"]
+    render(run, TrainConfig.model_validate({**settings, "base": str(tiny_base), "max_seq_length": 48, "eval_queries": 4}))
     code, payload = run_json("train", "--run", run, "--smoke")
     assert code == 0, payload
-    assert payload["metrics"]["global_step"] == 1 and payload["metrics"]["smoke"] is True
+    assert payload["metrics"]["global_step"] == 1 and payload["metrics"]["smoke"] is True and payload["metrics"]["dev_check_line"].startswith("DEV CHECK: ")
     assert (run / "smoke" / "student" / "modules.json").exists() and not (run / "student").exists()  # never clobbers a real result
     assert json.loads((run / "manifest.json").read_text())["stages"]["train_smoke"]["status"] == "ok"
+    # A full run of one step whose warm-up is nearly all of it, on the time-budget schedule.
+    code, payload = run_json("train", "--run", run, "--base", tiny_base, "--max-steps", "1", "--warmup-ratio", "0.99", "--max-minutes", "5", "--force", *FAST)
+    assert code == 0 and payload["metrics"]["global_step"] == 1, payload
+
+
+def test_a_failed_smoke_says_to_fix_and_rerun_the_smoke_and_that_works(run, tiny_base, tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    render(run, TrainConfig(base=str(broken), max_seq_length=48, per_device_batch=8, global_batch=16, eval_queries=4))
+    code, payload = run_json("train", "--run", run, "--smoke")
+    fix = payload["errors"][0]["fix"]
+    assert code == 6 and fix.endswith(f"then rerun the smoke: `reranker-skill train --run {run} --smoke`") and "--resume" not in fix
+    render(run, TrainConfig(base=str(tiny_base), max_seq_length=48, per_device_batch=8, global_batch=16, eval_queries=4), force=True)  # the fix
+    code, payload = run_json("train", "--run", run, "--smoke")  # and the rerun the fix names
+    assert code == 0, payload
+
+
+def test_a_budgeted_run_bounds_its_time_evaluates_on_the_clock_and_resumes_as_finished(run, tiny_base):
+    """--max-minutes ends a long step plan; evaluation happens on the clock; --resume then trains nothing more, same student."""
+    from safetensors.numpy import load_file
+
+    budget_minutes = 0.4
+    cfg = TrainConfig(
+        base=str(tiny_base), max_minutes=budget_minutes, epochs=50, eval_every=0.5, max_seq_length=48, per_device_batch=8, global_batch=8, eval_queries=4
+    )
+    render(run, cfg.model_copy(update={"early_stopping_patience": 0}))
+    code, first = run_json("train", "--run", run)
+    assert code == 0, first
+    result = json.loads((run / "train_result.json").read_text())
+    assert result["ended_by"] == "time budget" and result["global_step"] < result["planned_steps"]
+    assert result["seconds"] <= budget_minutes * 60 * 1.25, result["seconds"]  # the script after its imports: loading, baseline, training, save
+    state = json.loads((run / "checkpoints" / f"checkpoint-{result['global_step']}" / "trainer_state.json").read_text())
+    evals = [h["step"] for h in state["log_history"] if "eval_dev_ndcg@10" in h]
+    assert len(evals) >= 2 and evals[0] < result["global_step"]  # a mid-run evaluation on the clock, and one at the end
+    assert state["stateful_callbacks"]["Progress"]["args"]["spent"] >= state["stateful_callbacks"]["Progress"]["args"]["allowed"]
+    weights = load_file(str(run / "student" / "model.safetensors"))
+    scores = pq.read_table(run / "student_dev_scores.parquet")["score"].to_numpy()
+    log_before = (run / "train_log.txt").read_text()
+
+    code, resumed = run_json("train", "--run", run, "--resume")
+    assert code == 0, resumed
+    again = json.loads((run / "train_result.json").read_text())
+    assert again["global_step"] == result["global_step"] and again["resumed_from"].endswith(f"checkpoint-{result['global_step']}")
+    assert again["throughput"]["steps"] == 0 and again["ended_by"] == "time budget"
+    resumed_log = (run / "train_log.txt").read_text()[len(log_before) :]
+    assert "ended training (its plan, budget or early stopping)" in resumed_log and "step " not in resumed_log.replace("no further step", "")
+    after = load_file(str(run / "student" / "model.safetensors"))
+    assert after.keys() == weights.keys() and all(np.array_equal(after[k], weights[k]) for k in weights)
+    assert np.array_equal(pq.read_table(run / "student_dev_scores.parquet")["score"].to_numpy(), scores)
 
 
 def test_kill_during_training_then_resume_finishes(run, tiny_base):
@@ -135,17 +230,21 @@ def test_kill_during_training_then_resume_finishes(run, tiny_base):
     code, payload = run_json("train", "--run", run, "--resume")
     assert code == 0, payload
     m = payload["metrics"]
-    assert m["global_step"] == 12 and m["resumed"] is True and m["verdict"] in ("WIN", "MARGINAL", "REGRESSION")
+    assert m["global_step"] == 12 and m["resumed"] is True and m["dev_check"] in ("WIN", "MARGINAL", "REGRESSION")
     log = (run / "train_log.txt").read_text()
-    assert "resuming from" in log and "checkpoint-" in log and log.rstrip().endswith(m["verdict_line"])
+    assert "start: " in log and "checkpoint-" in log and log.rstrip().endswith(m["dev_check_line"])
     result = json.loads((run / "train_result.json").read_text())
     assert result["resumed_from"] and int(result["resumed_from"].rsplit("-", 1)[1]) >= 4
-    assert result["baseline"]["ndcg@10"] == pytest.approx(m["baseline_ndcg@10"])  # the baseline was kept, not re-measured
 
 
 def test_resume_after_the_last_checkpoint_finishes_without_an_extra_step(run, tiny_base):
     """A kill between the final checkpoint and train_result.json: --resume must not train a step past the plan."""
-    render(run, TrainConfig(base=str(tiny_base), max_steps=6, eval_every=3, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0))
+    render(
+        run,
+        TrainConfig(
+            base=str(tiny_base), max_steps=6, eval_every=3, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0
+        ),
+    )
     code, first = run_json("train", "--run", run)
     assert code == 0 and first["metrics"]["global_step"] == 6 and (run / "checkpoints" / "checkpoint-6" / "trainer_state.json").exists()
     original = json.loads((run / "train_result.json").read_text())
@@ -154,9 +253,25 @@ def test_resume_after_the_last_checkpoint_finishes_without_an_extra_step(run, ti
     code, payload = run_json("train", "--run", run, "--resume")
     assert code == 0, payload
     result = json.loads((run / "train_result.json").read_text())
-    assert result["global_step"] == 6 and result["resumed_from"].endswith("checkpoint-6")
+    assert result["global_step"] == 6 and result["resumed_from"].endswith("checkpoint-6") and result["throughput"]["steps"] == 0
     assert result["best_checkpoint"] == original["best_checkpoint"]
-    assert result["best"]["ndcg@10"] == pytest.approx(original["best"]["ndcg@10"])  # the best checkpoint, loaded back
+    assert result["dev_check"]["student"]["ndcg@10"] == pytest.approx(original["dev_check"]["student"]["ndcg@10"])  # the best checkpoint, loaded back
+
+
+def test_the_gold_lift_guard_warns_and_its_advice_works_when_followed(run, tiny_base):
+    """Issue 14: candidates the teacher scores at or above the gold positive are left out of a lift; the warning's advice works."""
+    _scores_with_planted_false_negatives(run, share=0.6)
+    args = ["--base", tiny_base, "--gold-positives", "lift", "--max-seq-length", "48", "--per-device-batch", "8", "--global-batch", "16", "--eval-queries", "4"]
+    proc = run_cli("train", "--run", run, "--smoke", *args, "--json")
+    payload = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    advice = [w for w in payload["warnings"] if "false-negative guard" in w]
+    assert len(advice) == 1 and advice[0].endswith("--gold-positives none") and "false-negative guard: " in proc.stderr
+    proc = run_cli("train", "--run", run, "--smoke", *args[:2], "--gold-positives", "none", *args[4:], "--json")  # follow it
+    payload = json.loads(proc.stdout)
+    assert proc.returncode == 0 and not [w for w in payload["warnings"] if "guard" in w] and "false-negative guard" not in proc.stderr
+    rows = pq.read_metadata(run / "scores.parquet").num_rows
+    assert f"data: {rows:,} of {rows:,} scored pairs" in proc.stderr and payload["metrics"]["global_step"] == 1
 
 
 def test_without_a_dev_split_checkpoints_are_chosen_on_heldout_with_a_warning(run, tiny_base):
@@ -164,12 +279,19 @@ def test_without_a_dev_split_checkpoints_are_chosen_on_heldout_with_a_warning(ru
     (run / "dev_candidates.parquet").unlink()
     (run / "qrels_dev.json").unlink()
     record_stages(run, "mine", "score")  # a folder mined without dev queries
-    render(run, TrainConfig(base=str(tiny_base), max_steps=2, eval_every=2, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=6, early_stopping_patience=0))
+    render(
+        run,
+        TrainConfig(
+            base=str(tiny_base), max_steps=2, eval_every=2, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=6, early_stopping_patience=0
+        ),
+    )
     proc = run_cli("train", "--run", run, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((run / "train_result.json").read_text())
-    assert result["selection_split"] == "heldout" and result["fusion"]["split"] == "heldout" and result["eval_queries"] == 6
-    assert "no dev queries in this run folder" in proc.stderr and "on 6 heldout queries" in json.loads(proc.stdout)["metrics"]["verdict_line"]
+    assert result["selection_split"] == "heldout" and result["dev_check"]["fusion"]["split"] == "heldout" and result["dev_check"]["queries"] == 6
+    payload = json.loads(proc.stdout)
+    assert "no dev queries in this run folder" in proc.stderr and "on 6 heldout queries" in payload["metrics"]["dev_check_line"]
+    assert any("no dev queries" in w for w in payload["warnings"])
 
 
 def test_train_without_scores_is_a_clear_missing_prerequisite(tmp_path, tiny_base):
