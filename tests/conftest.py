@@ -64,6 +64,20 @@ def stdlib_domain(tmp_path_factory) -> dict[str, Path]:
     return build_stdlib_domain(tmp_path_factory.mktemp("domain"), max_pairs=120, distractors=40)
 
 
+def rendered_constants(script: str) -> dict:
+    """The module-level constants of a rendered train.py (`NAME = literal`), read with Python's own parser."""
+    import ast
+
+    out = {}
+    for node in ast.parse(script).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

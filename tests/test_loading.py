@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import rendered_constants
 
 from skill.errors import ExitCode
 
@@ -91,7 +92,7 @@ def test_packaged_names_through_every_command(cli, small_beir, pairs_run, toy_sc
     proc = cli("render", "--run", run, "--base", PACKAGED, "--max-steps", "1", "--json")
     assert proc.returncode == 0, proc.stdout
     script = (run / "train.py").read_text()
-    assert f"BASE = {str(minilm.resolve())!r}" in script and "BASE_KIND = 'bi-encoder'" in script
+    assert rendered_constants(script)["BASE"] == str(minilm.resolve()) and _envelope(proc)["metrics"]["base_kind"] == "bi-encoder"
 
     # Models of the wrong kind: refused for what they are (exit 5), which proves the name was resolved.
     for args in (

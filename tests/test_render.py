@@ -28,6 +28,7 @@ from skill.config import TrainConfig
 from skill.errors import SkillError
 from skill.render import CHOICES, detect_base_kind, pyrepr, render, render_script, resolve, size_meaning
 from skill.sizes import SIZE_NAMES, ladder
+from skill.testing import record_stages
 from skill.train import launch_command
 
 HOSTILE = 'x"\'"""\nimport os; os.system("echo pwned > PWNED")  # \\\r\n{{ base }}\x1b'
@@ -309,6 +310,7 @@ def _scores_with_planted_false_negatives(run: Path, share: float, seed: int = 0)
         if rng.random() < share and len(positives) and len(negatives) >= 2:
             label[negatives[:2]] = label[positives].min() + 0.5
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(label, pa.float32())), run / "scores.parquet")
+    record_stages(run, "score")  # the edited table is this folder's `score` output now (the run-folder contract)
 
 
 def pandas_labels(run: Path, transform: str, lift: bool, margin: float = 2.0, guard: float = 0.0):

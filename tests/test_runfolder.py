@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import test_transactions
-from conftest import CLI, run_cli
+from conftest import CLI, rendered_constants, run_cli
 from test_transactions import MINE_FLAGS, _fresh_copy, follow_fix, heldout_never_trained, mine_args, record, score_cfg
 
 from skill.config import EvaluateConfig, ScoreConfig, TeacherSpec
@@ -252,7 +252,7 @@ def test_a_relative_base_is_resolved_against_the_callers_folder(toy_scored_run, 
     proc = run_cli("train", "--run", "runs/r", *flags, "--smoke", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     script = (work / "runs" / "r" / "train.py").read_text()
-    assert f"BASE = {str((work / 'models' / 'tiny').resolve())!r}" in script
+    assert rendered_constants(script)["BASE"] == str((work / "models" / "tiny").resolve())
     assert json.loads((work / "runs" / "r" / "manifest.json").read_text())["stages"]["train_smoke"]["status"] == "ok"
 
 
