@@ -47,7 +47,9 @@ FUSION_FILE = FUSION  # written by train.py next to the student's weights
 FUSED = "student + first stage (fused)"
 REQUIRED_COLUMNS = ("query_id", "doc_id", "query", "document", "rank")
 NANOBEIR_SKIPPED_OFFLINE = "NanoBEIR general-domain check skipped: the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1)"
-TEACHER_TIMING_QUERIES = 32  # the teacher's quality comes from its scores; its cost is timed on this many held-out queries
+# Quality comes from every held-out pair, scored in length-sorted batches across queries (throughput); serving cost
+# (ms per query, one request per query's candidates) is timed on this many held-out queries, for every system alike.
+LATENCY_QUERIES = 32
 TEACHER_AUTO_MAX_MB = 600  # without --teacher/--no-teacher, a local bi-encoder or cross-encoder teacher up to this size is timed
 # Serving cost tiers, cheapest first: the first stage (no reranking), systems timed here (by p50, then p95 ms/query),
 # systems not timed (after every timed one, by structure), external scorers (last).
@@ -190,16 +192,31 @@ def folder_size_mb(spec: str) -> float | None:
 
 @dataclass
 class Scored:
-    scores: np.ndarray
-    latencies_s: list[float]
+    scores: np.ndarray  # every held-out pair
+    latencies_s: list[float]  # one request per query, the first LATENCY_QUERIES queries
+    timed_pairs: int  # the pairs of those queries
     device: str
     parameters: int
+    batched_pairs_per_s: float | None = None  # every pair, length-sorted batches across queries
 
 
 def score_with_timing(model, ho: HeldOut, *, batch_size: int, desc: str) -> Scored:
-    """Score every held-out pair with a CrossEncoder, one query's candidates per request, timing each."""
-    scores, latencies = time_scoring(lambda pairs: model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True), ho, desc=desc)
-    return Scored(scores, latencies, str(model.device), int(sum(p.numel() for p in model.parameters())))
+    """Every held-out pair scored by a CrossEncoder in length-sorted batches across queries; the serving latency timed
+    on the first LATENCY_QUERIES queries, one request per query's candidates."""
+
+    def predict(pairs):
+        return model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+
+    _, latencies = time_scoring(predict, ho, desc=f"timing {desc}", max_queries=LATENCY_QUERIES)
+    start = time.perf_counter()
+    scores = np.asarray(
+        model.predict(list(zip(ho.queries, ho.documents, strict=True)), batch_size=batch_size, show_progress_bar=len(ho.queries) > 2000, convert_to_numpy=True),
+        dtype=np.float64,
+    ).reshape(-1)
+    seconds = time.perf_counter() - start
+    timed = sum(len(ix) for ix in list(ho.groups.values())[:LATENCY_QUERIES])
+    parameters = int(sum(p.numel() for p in model.parameters()))
+    return Scored(scores, latencies, timed, str(model.device), parameters, round(len(scores) / seconds, 2) if seconds > 0 else None)
 
 
 def time_scoring(score_fn, ho: HeldOut, *, desc: str, max_queries: int | None = None) -> tuple[np.ndarray, list[float]]:
@@ -234,6 +251,20 @@ def cost_summary(latencies_s: list[float], pairs: int, *, size_mb: float | None,
         "device": device,
         "batch_size": batch_size,
     }
+
+
+def scored_cost(scored: Scored, *, size_mb: float | None, batch_size: int, latencies_s: list[float] | None = None) -> dict:
+    """`cost_summary` of a model scored by `score_with_timing` (optionally with other per-query latencies, e.g. the fused blend)."""
+    cost = cost_summary(
+        scored.latencies_s if latencies_s is None else latencies_s,
+        scored.timed_pairs,
+        size_mb=size_mb,
+        parameters=scored.parameters,
+        device=scored.device,
+        batch_size=batch_size,
+    )
+    cost["batched_pairs_per_s"] = scored.batched_pairs_per_s
+    return cost
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,8 +325,8 @@ def _base_system(spec: str, render_cfg: RenderSettings, ho: HeldOut, cfg: Evalua
     except Exception as exc:
         notes.append(f"base {spec!r} could not be loaded ({type(exc).__name__}): student − base skipped")
         return None
-    scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="scoring base")
-    cost = cost_summary(scored.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(spec), parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)
+    scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="base")
+    cost = scored_cost(scored, size_mb=folder_size_mb(spec), batch_size=cfg.batch_size)
     return System(label, "base", spec, scored.scores, cost)
 
 
@@ -383,7 +414,7 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
 
             modes.append(f"{getattr(teacher, 'type', 'reranker')}: every (query, candidate) pair scored")
 
-        _, lat = time_scoring(score_fn, ho, desc=f"timing teacher {Path(tid).name}", max_queries=TEACHER_TIMING_QUERIES)
+        _, lat = time_scoring(score_fn, ho, desc=f"timing teacher {Path(tid).name}", max_queries=LATENCY_QUERIES)
         latencies = np.asarray(lat) if latencies is None else latencies + np.asarray(lat)  # an ensemble runs every member
         model = getattr(teacher, "model", None)
         sizes.append(folder_size_mb(_local_folder(tid) or tid))
@@ -391,7 +422,7 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
         devices.append(str(getattr(teacher, "device", "?")))
         ids.append(tid)
         del teacher, model
-    timed = list(ho.groups.values())[:TEACHER_TIMING_QUERIES]
+    timed = list(ho.groups.values())[:LATENCY_QUERIES]
     cost = cost_summary(
         list(latencies),
         sum(len(ix) for ix in timed),
@@ -451,14 +482,13 @@ def _fused_system(student: str, scored: Scored, ho: HeldOut, notes: list[str], c
     source = f"{alpha:g}·z(student) + {1 - alpha:g}·z(first stage), alpha from {FUSION_FILE}" + (f" (chosen on {chosen_on} {split} queries)" if chosen_on else "")
     if split != "dev":
         notes.append(f"the fusion weight was chosen on {split} queries, not dev ones: the fused system's held-out numbers are optimistic")
-    fused = np.zeros(len(ho.query_ids), dtype=np.float64)
-    latencies = []
-    for (q, ix), student_s in zip(ho.groups.items(), scored.latencies_s, strict=True):
+    fused = M.fuse(scored.scores, ho.first_stage, ho.groups, alpha)
+    latencies = []  # the student's request per timed query, plus that query's blend
+    for (q, ix), student_s in zip(list(ho.groups.items())[: len(scored.latencies_s)], scored.latencies_s, strict=True):
         start = time.perf_counter()
-        fused[ix] = M.fuse(scored.scores[ix], ho.first_stage[ix], {q: np.arange(len(ix))}, alpha)
+        M.fuse(scored.scores[ix], ho.first_stage[ix], {q: np.arange(len(ix))}, alpha)
         latencies.append(student_s + time.perf_counter() - start)
-    size = folder_size_mb(student)
-    cost = cost_summary(latencies, len(ho.query_ids), size_mb=size, parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)
+    cost = scored_cost(scored, size_mb=folder_size_mb(student), batch_size=cfg.batch_size, latencies_s=latencies)
     return System(FUSED, "fused", source, fused, cost, serving={"structure": "cross-encoder", "alpha": alpha})
 
 
@@ -537,9 +567,9 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
     else:
         notes.append("no base recorded by `render` and no --base: student − base skipped")
     model = _load(student, "student", cfg)
-    scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="scoring student")
+    scored = score_with_timing(model, ho, batch_size=cfg.batch_size, desc="student")
     del model
-    systems.append(System("student", "student", student, scored.scores, cost_summary(scored.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(student), parameters=scored.parameters, device=scored.device, batch_size=cfg.batch_size)))
+    systems.append(System("student", "student", student, scored.scores, scored_cost(scored, size_mb=folder_size_mb(student), batch_size=cfg.batch_size)))
     fused = _fused_system(student, scored, ho, notes, cfg)
     if fused:
         systems.append(fused)
@@ -556,9 +586,9 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig | None = None, *, force: b
             name += "'"
         taken.add(name)
         m = _load(spec, "model", cfg)
-        sc = score_with_timing(m, ho, batch_size=cfg.batch_size, desc=f"scoring {name}")
+        sc = score_with_timing(m, ho, batch_size=cfg.batch_size, desc=name)
         del m
-        systems.append(System(name, "model", spec, sc.scores, cost_summary(sc.latencies_s, len(ho.query_ids), size_mb=folder_size_mb(spec), parameters=sc.parameters, device=sc.device, batch_size=cfg.batch_size)))
+        systems.append(System(name, "model", spec, sc.scores, scored_cost(sc, size_mb=folder_size_mb(spec), batch_size=cfg.batch_size)))
     nanobeir = _nanobeir(systems, cfg, notes) if cfg.nanobeir else {"skipped": "not requested (--nanobeir)"}
 
     with stage.transaction() as tx:
