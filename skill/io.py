@@ -191,3 +191,14 @@ def hash_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
 
 def hash_obj(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a running stage's or a worker's owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from skill import __version__
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid, missing
-from skill.io import hash_file, hash_obj, read_json, swap_in, write_json
+from skill.io import hash_file, hash_obj, pid_alive, read_json, swap_in, write_json
 from skill.runfolder import ARTIFACTS, DATA_STAGES, MANIFEST, MANIFEST_VERSION, STAGE_OUTPUTS, STAGING_PREFIX, Manifest, StageRecord
 
 __all__ = ["MANIFEST", "Run", "Stage", "Transaction", "content_hash", "library_versions"]
@@ -366,7 +366,7 @@ class Stage:
     def _clear_staging(self) -> None:
         for old in self.run.path.glob(f"{STAGING_PREFIX}{self.name}-*"):
             pid = old.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 continue  # another live process's transaction
             shutil.rmtree(old, ignore_errors=True)
 
@@ -419,11 +419,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -41,6 +41,7 @@ import numpy as np
 
 from skill.config import ScoreConfig, TeacherSpec
 from skill.errors import ExitCode, SkillError, prerequisite
+from skill.io import pid_alive
 
 PLAN_PAIRS = "plan-pairs.parquet"  # the unique pairs in plan order, one row group per chunk (what workers read)
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
@@ -510,21 +511,11 @@ def _new_session(workdir: Path) -> Path:
     host = socket.gethostname()
     for old in workdir.glob(f"claims-{host}-*"):
         pid = old.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             _remove_session(old)
     session = workdir / f"claims-{host}-{os.getpid()}-{time.time_ns()}"
     session.mkdir(parents=True)
     return session
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_session(session: Path) -> None:
