@@ -95,7 +95,9 @@ def main() -> None:
 
     plain = CrossEncoder(model_path, activation_fn=torch.nn.Identity(), device="cpu")
     plain.max_seq_length = args.max_length
-    config = ScoreConfig(teachers=[TeacherSpec(model=model_path)], batch_size=args.batch_size, max_length=args.max_length, chunk_size=10**9, token_budget=args.token_budget)
+    config = ScoreConfig(
+        teachers=[TeacherSpec(model=model_path)], batch_size=args.batch_size, max_length=args.max_length, chunk_size=10**9, token_budget=args.token_budget
+    )
     teacher = CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto")
     cache = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     onnx_teacher = OnnxCrossEncoderTeacher.wrap(CrossEncoderTeacher.load(config.teachers[0], max_length=args.max_length, device="cpu", dtype="auto"), cache)
@@ -149,7 +151,9 @@ def main() -> None:
     params = sum(p.numel() for n, p in plain.named_parameters() if "embeddings" not in n)
     peak = matmul_peak_gflops()
     dup = len(pairs) - len(set(pairs))
-    print(f"model {Path(model_path).name}: {params / 1e6:.1f}M non-embedding params; {len(pairs)} shuffled pairs ({dup} duplicates), {n_tokens / len(pairs):.0f} tokens/pair avg")
+    print(
+        f"model {Path(model_path).name}: {params / 1e6:.1f}M non-embedding params; {len(pairs)} shuffled pairs ({dup} duplicates), {n_tokens / len(pairs):.0f} tokens/pair avg"
+    )
     print(f"threads: torch {threads}, onnxruntime {facts['onnx_threads']} (cores {cpu_cores()}); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"onnx export {facts['onnx_export_seconds']:.1f} s (not timed below); first-batch parity vs torch {facts['onnx_parity_max_drift']:.1e}")
     for name, secs in best.items():
@@ -194,7 +198,9 @@ def compare_workers(model_path: str, pairs: list[tuple[str, str]], config, refer
             results[len(devices)] = (wall, len(uq) / phase, float(np.abs(full[np.asarray(back)] - reference).max()), engine.threads)
     print(f"worker processes (same {len(uq)} unique pairs, {chunked.chunk_size} per chunk); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for n, (wall, rate, drift, threads) in results.items():
-        print(f"  {n} worker(s) x {threads} thread(s): {wall:6.1f} s wall (start + load + score)   {rate:8.1f} pairs/s scoring   max |Δscore| vs in-process {drift:.1e}")
+        print(
+            f"  {n} worker(s) x {threads} thread(s): {wall:6.1f} s wall (start + load + score)   {rate:8.1f} pairs/s scoring   max |Δscore| vs in-process {drift:.1e}"
+        )
     print(f"  ratio two workers / one: {results[2][1] / results[1][1]:.2f}x pairs/s while scoring, {results[1][0] / results[2][0]:.2f}x wall")
 
 

@@ -46,7 +46,10 @@ def main() -> None:
 
     paths = build_stdlib_domain(args.root / "data")
     shared = args.root / "shared"
-    cfg = load_recipe("quickstart-offline.yaml", [f"run={shared}", f"data.corpus={paths['corpus']}", f"data.queries={paths['queries']}", f"data.qrels={paths['qrels']}", *args.overrides])
+    cfg = load_recipe(
+        "quickstart-offline.yaml",
+        [f"run={shared}", f"data.corpus={paths['corpus']}", f"data.queries={paths['queries']}", f"data.qrels={paths['qrels']}", *args.overrides],
+    )
     t0 = time.time()
     for name, result in (("mine", mine(shared, cfg.data, cfg.mine)), ("score", score(shared, cfg.score))):
         if result.exit_code:
@@ -62,7 +65,9 @@ def main() -> None:
         for name in ("manifest.json", *MINED.values(), *SCORED.values()):
             shutil.copy(shared / name, run / name)
         # The minutes end training, not the epoch count: at ~20 pairs/s one epoch of the quickstart data is ~9 minutes.
-        train_cfg = cfg.train.model_copy(update={"max_minutes": minutes, "early_stopping_patience": 0, "epochs": max(cfg.train.epochs or 1.0, 10.0), "max_steps": None})
+        train_cfg = cfg.train.model_copy(
+            update={"max_minutes": minutes, "early_stopping_patience": 0, "epochs": max(cfg.train.epochs or 1.0, 10.0), "max_steps": None}
+        )
         render(run, train_cfg, force=True)
         started = time.time()
         trained = train(run, None, force=True)
@@ -96,11 +101,38 @@ def main() -> None:
     queries = report["data"]["queries_evaluated"]
     print(f"\nSmall-budget distillation, standard-library docstrings, {queries} held-out queries, NDCG@10 (first stage top-{cfg.mine.eval_top_k})")
     print(f"config: {json.dumps(cfg.train.model_dump(exclude_none=True, exclude_defaults=True))}")
-    header = ["budget min", "wall min", "steps", "train pairs/s", "first stage", "teacher", "student", "Δ student−first", "p", "verdict", "α (dev)", "fused", "Δ fused−first", "p", "fused verdict"]
+    header = [
+        "budget min",
+        "wall min",
+        "steps",
+        "train pairs/s",
+        "first stage",
+        "teacher",
+        "student",
+        "Δ student−first",
+        "p",
+        "verdict",
+        "α (dev)",
+        "fused",
+        "Δ fused−first",
+        "p",
+        "fused verdict",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        cells = [f"{r['budget_min']:g}", f"{r['wall_min']:.1f}", str(r["steps"]), f"{r['pairs_per_s']:.1f}", f"{r['first_stage']:.4f}", f"{r['teacher']:.4f}", f"{r['student']:.4f}", f"{r['delta']:+.4f}", f"{r['p']:.3f}", r["verdict"]]
+        cells = [
+            f"{r['budget_min']:g}",
+            f"{r['wall_min']:.1f}",
+            str(r["steps"]),
+            f"{r['pairs_per_s']:.1f}",
+            f"{r['first_stage']:.4f}",
+            f"{r['teacher']:.4f}",
+            f"{r['student']:.4f}",
+            f"{r['delta']:+.4f}",
+            f"{r['p']:.3f}",
+            r["verdict"],
+        ]
         if r["fused"] is not None:
             cells += [f"{r['alpha']:g}", f"{r['fused']:.4f}", f"{r['fused_delta']:+.4f}", f"{r['fused_p']:.3f}", r["fused_verdict"]]
         else:

@@ -169,7 +169,11 @@ def inspect_cmd(corpus: Path, queries: Path, qrels: Path | None, tokenizer: str 
 @click.option("--heldout", type=float, default=0.2, show_default=True, help="Fraction of labelled queries held out.")
 @click.option("--heldout-queries", type=click.Path(path_type=Path), help="File of held-out query ids, one per line (overrides --heldout).")
 @click.option(
-    "--dev-queries", type=click.IntRange(min=0), default=50, show_default=True, help="Training queries kept out of training to choose the checkpoint and fusion weight (at most a fifth; 0: none)."
+    "--dev-queries",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Training queries kept out of training to choose the checkpoint and fusion weight (at most a fifth; 0: none).",
 )
 @click.option("--seed", type=int, default=12, show_default=True)
 @click.option("--negative-rank-min", type=click.IntRange(min=1), default=1, show_default=True, help="Skip negatives ranked above this (rank window start).")
@@ -210,32 +214,76 @@ def mine_cmd(
     except ValueError as exc:
         fix = "pass --eval-top-k 2 or more (default 100)" if "--eval-top-k" in _option_error(exc) else "see `reranker-skill mine --help`"
         raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix=fix) from None
-    data = DataConfig(corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping), **({"max_doc_chars": max_doc_chars} if max_doc_chars else {}))
+    data = DataConfig(
+        corpus=corpus, queries=queries, qrels=qrels, mapping=ColumnMapping.parse(mapping), **({"max_doc_chars": max_doc_chars} if max_doc_chars else {})
+    )
     return mine(run_dir, data, config, force=force)
 
 
 @envelope_command("score")
 @click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="Run folder that `mine` wrote.")
 @click.option("--teacher", "teachers", multiple=True, required=True, help="Teacher: hub id, local model folder, or a scores file. Repeat for an ensemble.")
-@click.option("--teacher-type", "teacher_types", multiple=True, type=click.Choice(["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]), help="One per --teacher (or one for all). Default auto.")
+@click.option(
+    "--teacher-type",
+    "teacher_types",
+    multiple=True,
+    type=click.Choice(["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]),
+    help="One per --teacher (or one for all). Default auto.",
+)
 @click.option("--weight", "weights", multiple=True, type=click.FloatRange(min=0, min_open=True), help="Ensemble weight, one per --teacher (default 1).")
-@click.option("--score-space", type=click.Choice(["raw_logit", "probability", "cosine", "normalised"]), help="Score space of a `file` teacher (inferred when omitted).")
+@click.option(
+    "--score-space", type=click.Choice(["raw_logit", "probability", "cosine", "normalised"]), help="Score space of a `file` teacher (inferred when omitted)."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per batch at full length; short pairs pack more.")
-@click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True, help="Max tokens of query + document text per pair; special tokens or a prompt template come on top.")
-@click.option("--token-budget", type=click.IntRange(min=8), help="Padded tokens per batch (default batch-size x (min(max-length, 256) + the teacher's special/template tokens)).")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    default=512,
+    show_default=True,
+    help="Max tokens of query + document text per pair; special tokens or a prompt template come on top.",
+)
+@click.option(
+    "--token-budget",
+    type=click.IntRange(min=8),
+    help="Padded tokens per batch (default batch-size x (min(max-length, 256) + the teacher's special/template tokens)).",
+)
 @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Unique pairs per committed chunk (the most a kill can lose).")
 @click.option("--shard", help="Score only shard i of n (1-based, e.g. 2/4); the last one to finish merges.")
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge finished shards into the tables.")
 @click.option("--device", help="torch device for one worker in this process (default: see --devices).")
 @click.option("--devices", help="Comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 or cpu,cpu (default: every visible GPU, else cpu).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: this machine (--devices); ray: actors on a Ray cluster (needs reranker-skill[cluster]).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine (--devices); ray: actors on a Ray cluster (needs reranker-skill[cluster]).",
+)
 @click.option("--ray-address", help="Ray cluster to join with --engine ray (default: RAY_ADDRESS, else a local cluster).")
 @click.option("--workers", type=click.IntRange(min=1), help="Ray actors (default: one per GPU of the cluster, else one per node).")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run cross-encoder teachers on CPU through onnxruntime (exported once to RUN/cache, parity-checked); others fall back to torch.")
+@click.option(
+    "--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = bf16/fp16 on CUDA, fp32 elsewhere."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="onnx: run cross-encoder teachers on CPU through onnxruntime (exported once to RUN/cache, parity-checked); others fall back to torch.",
+)
 @click.option("--fail-on-gate", is_flag=True, help="Exit 7 when the teacher does not beat the first stage on the dev queries.")
 @click.option("--force", is_flag=True, help="Redo even if up to date (finished chunks are still reused).")
-def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str, ...], weights: tuple[float, ...], score_space: str | None, force: bool, merge_only: bool, devices: str | None, **options) -> Result:
+def score_cmd(
+    run_dir: Path,
+    teachers: tuple[str, ...],
+    teacher_types: tuple[str, ...],
+    weights: tuple[float, ...],
+    score_space: str | None,
+    force: bool,
+    merge_only: bool,
+    devices: str | None,
+    **options,
+) -> Result:
     """Score every mined pair (training, held-out, dev) with a teacher; raw scores, resumable, shardable; ends with the teacher gate on the dev queries."""
     from skill.config import ScoreConfig
     from skill.score import score, teacher_specs
@@ -247,17 +295,30 @@ def score_cmd(run_dir: Path, teachers: tuple[str, ...], teacher_types: tuple[str
         raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
     return score(run_dir, config, force=force, merge_only=merge_only)
 
+
 # --------------------------------------------------------------------------------------------- render, train (issue 4)
 
 _TRAIN_OPTIONS = [
-    click.option("--size", type=click.Choice(["17m", "32m", "68m", "150m", "400m", "1b"]), help="Ettin student size (defaults from skill/ettin_sizes.yaml; 17m if no size is given)."),
+    click.option(
+        "--size",
+        type=click.Choice(["17m", "32m", "68m", "150m", "400m", "1b"]),
+        help="Ettin student size (defaults from skill/ettin_sizes.yaml; 17m if no size is given).",
+    ),
     click.option("--base", help="Start from another encoder, a bi-encoder folder, or a reranker to continue (hub id or folder)."),
     click.option("--base-kind", type=click.Choice(["auto", "encoder", "bi-encoder", "reranker"]), help="What --base is (auto: from its files or name)."),
     click.option("--pooling", type=click.Choice(["cls", "mean"]), help="Pooling for a new head (default cls; mean for a bi-encoder base)."),
     click.option("--head", type=click.Choice(["ettin", "linear"]), help="ettin: Dense+GELU → LayerNorm → Dense; linear: one Dense."),
     click.option("--loss", type=click.Choice(["mse", "margin-mse", "listnet"]), help="Distillation loss (default mse on raw teacher scores)."),
-    click.option("--label-transform", type=click.Choice(["raw", "centred", "zscore"]), help="centred: minus each query's mean teacher score; zscore: also divide by its spread."),
-    click.option("--gold-positives", type=click.Choice(["none", "lift"]), help="lift: qrels positives of training queries get the query's top teacher label + --gold-margin."),
+    click.option(
+        "--label-transform",
+        type=click.Choice(["raw", "centred", "zscore"]),
+        help="centred: minus each query's mean teacher score; zscore: also divide by its spread.",
+    ),
+    click.option(
+        "--gold-positives",
+        type=click.Choice(["none", "lift"]),
+        help="lift: qrels positives of training queries get the query's top teacher label + --gold-margin.",
+    ),
     click.option("--gold-margin", type=float, help="How far above the teacher's best a gold positive is lifted (default 2.0)."),
     click.option(
         "--gold-guard-margin",
@@ -326,7 +387,13 @@ def render_cmd(run_dir: Path, force: bool, no_estimate: bool, **overrides) -> Re
 @train_options
 @click.option("--smoke", is_flag=True, help="One training step end to end (outputs under runs/NAME/smoke/).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint after an interruption.")
-@click.option("--launcher", type=click.Choice(["python", "accelerate", "torchrun"]), default="python", show_default=True, help="How to start train.py: one process, accelerate launch, or torchrun.")
+@click.option(
+    "--launcher",
+    type=click.Choice(["python", "accelerate", "torchrun"]),
+    default="python",
+    show_default=True,
+    help="How to start train.py: one process, accelerate launch, or torchrun.",
+)
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Processes (GPUs) for accelerate/torchrun.")
 @click.option("--force", is_flag=True, help="Train again even if up to date; re-render over a hand-edited train.py.")
 def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per_node: int | None, force: bool, **overrides) -> Result:
@@ -359,13 +426,38 @@ def train_cmd(run_dir: Path, smoke: bool, resume: bool, launcher: str, nproc_per
 @click.option("--device", help="cpu, cuda, cuda:1, mps (default: best available).")
 @click.option("--nanobeir", is_flag=True, help="Also run the NanoBEIR general-domain check (needs the Hugging Face Hub).")
 @click.option("--force", is_flag=True, help="Recompute even when the report is up to date.")
-def evaluate_cmd(run_dir: Path, models: tuple[str, ...], student, base, skip_base, teacher, fail_on, margin, alpha, resamples, batch_size, max_length, device, nanobeir, force) -> Result:
+def evaluate_cmd(
+    run_dir: Path,
+    models: tuple[str, ...],
+    student,
+    base,
+    skip_base,
+    teacher,
+    fail_on,
+    margin,
+    alpha,
+    resamples,
+    batch_size,
+    max_length,
+    device,
+    nanobeir,
+    force,
+) -> Result:
     """Held-out verdict and what to serve: every system vs every other, significance, fidelity, collapse, cost. Writes report.json/.md/.png."""
     from skill.config import EvaluateConfig
     from skill.evaluate import evaluate
 
     given = {"margin": margin, "alpha": alpha, "resamples": resamples, "batch_size": batch_size, "max_length": max_length, "device": device}
-    cfg = EvaluateConfig(models=list(models), student=student, base=base, skip_base=skip_base, teacher=teacher, fail_on=fail_on, nanobeir=nanobeir, **{k: v for k, v in given.items() if v is not None})
+    cfg = EvaluateConfig(
+        models=list(models),
+        student=student,
+        base=base,
+        skip_base=skip_base,
+        teacher=teacher,
+        fail_on=fail_on,
+        nanobeir=nanobeir,
+        **{k: v for k, v in given.items() if v is not None},
+    )
     return evaluate(run_dir, cfg, force=force)
 
 
@@ -390,10 +482,28 @@ def export_cmd(model, fmt, quantize, run_dir, out, queries, depth, batch_size, m
     from skill.config import ExportConfig
     from skill.export import Tolerances, export_model
 
-    given = {"queries": queries, "depth": depth, "batch_size": batch_size, "max_drift": max_drift, "int8_min_overlap": int8_min_overlap, "int8_max_ndcg_drop": int8_max_ndcg_drop}
+    given = {
+        "queries": queries,
+        "depth": depth,
+        "batch_size": batch_size,
+        "max_drift": max_drift,
+        "int8_min_overlap": int8_min_overlap,
+        "int8_max_ndcg_drop": int8_max_ndcg_drop,
+    }
     cfg = ExportConfig(format=fmt, quantize=quantize, out=out, **{k: v for k, v in given.items() if v is not None})
     tol = Tolerances(fp32_max_drift=cfg.max_drift, int8_min_top10_overlap=cfg.int8_min_overlap, int8_max_ndcg_drop=cfg.int8_max_ndcg_drop)
-    return export_model(model=model, fmt=cfg.format, quantize=cfg.quantize, run=run_dir, out=cfg.out, queries=cfg.queries, depth=cfg.depth, batch_size=cfg.batch_size, tolerances=tol, force=force)
+    return export_model(
+        model=model,
+        fmt=cfg.format,
+        quantize=cfg.quantize,
+        run=run_dir,
+        out=cfg.out,
+        queries=cfg.queries,
+        depth=cfg.depth,
+        batch_size=cfg.batch_size,
+        tolerances=tol,
+        force=force,
+    )
 
 
 # --------------------------------------------------------------------------------------------- install, run, quickstart (issue 6)
@@ -451,7 +561,6 @@ def uninstall_cmd(agent: str, global_: bool, dest: Path | None) -> Result:
     from skill.install import uninstall
 
     return uninstall(agent, global_=global_, dest=dest)  # type: ignore[arg-type]
-
 
 
 def main() -> None:

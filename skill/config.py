@@ -59,7 +59,9 @@ class MineConfig(_Section):
     @classmethod
     def _meaningful_depth(cls, value: int) -> int:
         if value < MIN_DOCUMENTS:
-            raise ValueError(f"{value} candidate per held-out query: a reranker cannot change the order of one candidate, so evaluation would measure nothing (use {MIN_DOCUMENTS} or more; 100 is the default)")
+            raise ValueError(
+                f"{value} candidate per held-out query: a reranker cannot change the order of one candidate, so evaluation would measure nothing (use {MIN_DOCUMENTS} or more; 100 is the default)"
+            )
         return value
 
 

@@ -20,14 +20,34 @@ from pathlib import Path
 from skill.io import atomic_path
 
 # Modules that print, open windows, start services or are slow to import.
-_SKIP_PREFIXES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip", "venv", "pydoc_data", "msilib", "winreg", "winsound", "_")
+_SKIP_PREFIXES = (
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "test",
+    "lib2to3",
+    "ensurepip",
+    "venv",
+    "pydoc_data",
+    "msilib",
+    "winreg",
+    "winsound",
+    "_",
+)
 
 
 def _module_names(packages: tuple[str, ...] | None = None) -> list[str]:
     """Modules to read docstrings from, sorted: the standard library's (packages None), or the named
     installed packages and their submodules."""
     if packages is None:
-        tops = [info for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name) if info.name in sys.stdlib_module_names and not info.name.startswith(_SKIP_PREFIXES)]
+        tops = [
+            info
+            for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name)
+            if info.name in sys.stdlib_module_names and not info.name.startswith(_SKIP_PREFIXES)
+        ]
     else:
         tops = [info for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name) if info.name in packages]
         unknown = sorted(set(packages) - {info.name for info in tops})

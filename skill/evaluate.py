@@ -92,14 +92,20 @@ def load_heldout(run: Run) -> HeldOut:
         )
     qrels_path = run.file(QRELS_HELDOUT)
     if not qrels_path.exists():
-        raise missing("no held-out relevance labels (qrels_heldout.json)", where=str(run.path), fix=f"rerun `reranker-skill mine --run {run.path} --force` with --qrels")
+        raise missing(
+            "no held-out relevance labels (qrels_heldout.json)", where=str(run.path), fix=f"rerun `reranker-skill mine --run {run.path} --force` with --qrels"
+        )
     try:
         table = read_parquet(path)
     except Exception as exc:
         raise invalid(f"not a readable Parquet file ({type(exc).__name__})", where=str(path), fix="rerun `mine` (or `score`) with --force") from None
     absent = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if absent:
-        raise invalid(f"missing column(s) {', '.join(absent)} (columns: {', '.join(table.column_names)})", where=str(path), fix="rerun `mine` (or `score`) with --force; see references/run-folder.md")
+        raise invalid(
+            f"missing column(s) {', '.join(absent)} (columns: {', '.join(table.column_names)})",
+            where=str(path),
+            fix="rerun `mine` (or `score`) with --force; see references/run-folder.md",
+        )
     if table.num_rows == 0:
         raise invalid("no held-out candidates (0 rows)", where=str(path), fix="hold out more queries (`mine --heldout 0.2`) and rerun mine with --force")
     try:
@@ -121,11 +127,17 @@ def load_heldout(run: Run) -> HeldOut:
         ranks=np.asarray(table.column("rank").to_numpy(zero_copy_only=False), dtype=np.int64),
         teacher=teacher,
         qrels=qrels,
-        first_stage=np.asarray(table.column("first_stage_score").to_numpy(zero_copy_only=False), dtype=np.float64) if "first_stage_score" in table.column_names else None,
+        first_stage=np.asarray(table.column("first_stage_score").to_numpy(zero_copy_only=False), dtype=np.float64)
+        if "first_stage_score" in table.column_names
+        else None,
     )
     ho.groups = M.per_query_groups(ho.query_ids)
     if not any(M.has_positive(g) for g in qrels.values()):
-        raise invalid("no held-out query has a positive (grade > 0) in qrels_heldout.json", where=str(qrels_path), fix="give qrels with positives to `mine` and rerun it with --force")
+        raise invalid(
+            "no held-out query has a positive (grade > 0) in qrels_heldout.json",
+            where=str(qrels_path),
+            fix="give qrels with positives to `mine` and rerun it with --force",
+        )
     return ho
 
 
@@ -166,7 +178,7 @@ def check_reranker(spec: str, role: str) -> str:
 
 
 def model_kind(path: Path) -> str:
-    """"reranker", "bi-encoder", "encoder", "multi-label" or "none" for a local folder."""
+    """ "reranker", "bi-encoder", "encoder", "multi-label" or "none" for a local folder."""
     from skill.modeling import model_folder_kind
 
     kind = model_folder_kind(path)
@@ -318,7 +330,9 @@ def _base_system(spec: str, render_cfg: RenderSettings, ho: HeldOut, cfg: Evalua
             seed = render_cfg.seed if render_cfg.seed is not None else 12
             model = build_ettin_reranker(spec, max_seq_length=int(max_len), pooling=pooling, head=render_cfg.head or "ettin", seed=seed, device=cfg.device)
             label = "base (untrained head)"
-            notes.append(f"base {spec} is an encoder: it was scored with the student's head freshly initialised (seed {seed}), i.e. chance level — student − base shows what training learned")
+            notes.append(
+                f"base {spec} is an encoder: it was scored with the student's head freshly initialised (seed {seed}), i.e. chance level — student − base shows what training learned"
+            )
     except SkillError as err:
         notes.append(f"base {spec!r} could not be loaded ({err.message}): student − base skipped")
         return None
@@ -385,7 +399,9 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
             notes.append(f"teacher {tid or '?'} is a scores file (an external scorer): there is no local model to time")
             return None
         try:
-            teacher = load_teacher(TeacherSpec(model=tid, type=ttype, weight=float(t.get("weight", 1.0))), max_length=max_length, device=cfg.device, dtype=t.get("dtype") or "auto")
+            teacher = load_teacher(
+                TeacherSpec(model=tid, type=ttype, weight=float(t.get("weight", 1.0))), max_length=max_length, device=cfg.device, dtype=t.get("dtype") or "auto"
+            )
         except SkillError as err:
             notes.append(f"teacher {tid} not loadable here ({err.message}): teacher cost not measured")
             return None
@@ -479,7 +495,9 @@ def _fused_system(student: str, scored: Scored, ho: HeldOut, notes: list[str], c
         notes.append("fused system skipped: the held-out candidates have no finite first_stage_score")
         return None
     chosen_on, split = fusion.chosen_on, fusion.split
-    source = f"{alpha:g}·z(student) + {1 - alpha:g}·z(first stage), alpha from {FUSION_FILE}" + (f" (chosen on {chosen_on} {split} queries)" if chosen_on else "")
+    source = f"{alpha:g}·z(student) + {1 - alpha:g}·z(first stage), alpha from {FUSION_FILE}" + (
+        f" (chosen on {chosen_on} {split} queries)" if chosen_on else ""
+    )
     if split != "dev":
         notes.append(f"the fusion weight was chosen on {split} queries, not dev ones: the fused system's held-out numbers are optimistic")
     fused = M.fuse(scored.scores, ho.first_stage, ho.groups, alpha)
@@ -518,7 +536,11 @@ def _heldout_key(ho: HeldOut) -> str:
 
 
 def _stage_inputs(run: Run, ho: HeldOut, student: str, base: str | None, models: list[str]) -> dict[str, str | Path | None]:
-    inputs: dict[str, str | Path | None] = {_heldout_key(ho): ho.path, "qrels_heldout": run.file(QRELS_HELDOUT), "student": student if Path(student).exists() else None}
+    inputs: dict[str, str | Path | None] = {
+        _heldout_key(ho): ho.path,
+        "qrels_heldout": run.file(QRELS_HELDOUT),
+        "student": student if Path(student).exists() else None,
+    }
     if base:
         inputs["base"] = base if Path(base).exists() else None
     for i, m in enumerate(models):
@@ -612,9 +634,7 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         per_query[s.name] = M.evaluate_rankings(rankings, ho.qrels, k)
     queries = sorted(per_query["first stage"])
     heldout_with_pos = [q for q, g in ho.qrels.items() if M.has_positive(g)]
-    missed = sum(
-        1 for q in heldout_with_pos for d, g in ho.qrels[q].items() if g > 0 and d not in {ho.doc_ids[i] for i in ho.groups.get(q, [])}
-    )
+    missed = sum(1 for q in heldout_with_pos for d, g in ho.qrels[q].items() if g > 0 and d not in {ho.doc_ids[i] for i in ho.groups.get(q, [])})
     total_pos = sum(1 for q in heldout_with_pos for g in ho.qrels[q].values() if g > 0)
     no_candidates = [q for q in heldout_with_pos if q not in ho.groups]
     if no_candidates:
@@ -628,13 +648,21 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
         summary_systems[s.name] = {
             "kind": s.kind,
             "source": s.source,
-            "metrics": {m: {"mean": float(np.mean(M.column(per_query[s.name], m, queries))), "ci95": list(M.mean_ci(M.column(per_query[s.name], m, queries), resamples=cfg.resamples, seed=cfg.seed))} for m in names},
+            "metrics": {
+                m: {
+                    "mean": float(np.mean(M.column(per_query[s.name], m, queries))),
+                    "ci95": list(M.mean_ci(M.column(per_query[s.name], m, queries), resamples=cfg.resamples, seed=cfg.seed)),
+                }
+                for m in names
+            },
         }
 
     def compare(a: str, b: str) -> dict:
         out = {"a": a, "b": b, "metrics": {}}
         for m in names:
-            out["metrics"][m] = M.paired_test(M.column(per_query[a], m, queries), M.column(per_query[b], m, queries), resamples=cfg.resamples, seed=cfg.seed).as_dict()
+            out["metrics"][m] = M.paired_test(
+                M.column(per_query[a], m, queries), M.column(per_query[b], m, queries), resamples=cfg.resamples, seed=cfg.seed
+            ).as_dict()
         return out
 
     comparisons = [compare("student", "first stage")]
@@ -715,7 +743,9 @@ def build_report(run: Run, ho: HeldOut, systems: list[System], cfg: EvaluateConf
     cost = {s.name: s.cost for s in systems if s.cost}
     load = _cpu_load()
     if load is not None and load > (os.cpu_count() or 1):
-        notes.append(f"the CPU was busy while timing (load {load:.1f} on {os.cpu_count()} cores): pairs/s and latencies are pessimistic and noisy — rerun with --force on an idle machine for cost numbers")
+        notes.append(
+            f"the CPU was busy while timing (load {load:.1f} on {os.cpu_count()} cores): pairs/s and latencies are pessimistic and noisy — rerun with --force on an idle machine for cost numbers"
+        )
     speedup = None
     if "teacher" in cost and cost["teacher"].get("pairs_per_s") and cost["student"].get("pairs_per_s"):
         speedup = float(f"{cost['student']['pairs_per_s'] / cost['teacher']['pairs_per_s']:.4g}")  # 4 significant digits, also below 1
@@ -944,7 +974,14 @@ def _result(run: Run, report: dict, cfg: EvaluateConfig, *, skipped: bool) -> Re
         code, status = ExitCode.RUNTIME_FAILURE, "error"
     label = report["verdict"]["label"]
     if cfg.fail_on and (label == "REGRESSION" or (cfg.fail_on == "marginal" and label == "MARGINAL")):
-        errors.append(SkillError(f"gate failed: verdict {label} (--fail-on {cfg.fail_on})", code=ExitCode.PARTIAL, where=str(run.file(REPORT_MD)), fix="see the report; the verdict line states the thresholds").as_dict())
+        errors.append(
+            SkillError(
+                f"gate failed: verdict {label} (--fail-on {cfg.fail_on})",
+                code=ExitCode.PARTIAL,
+                where=str(run.file(REPORT_MD)),
+                fix="see the report; the verdict line states the thresholds",
+            ).as_dict()
+        )
         if code == ExitCode.OK:
             code, status = ExitCode.PARTIAL, "error"
     text = run.file(REPORT_MD).read_text(encoding="utf-8") if run.file(REPORT_MD).exists() else summary_text(report)

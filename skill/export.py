@@ -71,7 +71,9 @@ def check_reranker_folder(path: Path) -> str:
             fix="export a CrossEncoder folder — the `student/` that `train` writes, or any sentence-transformers CrossEncoder",
         )
     if kind == "none":
-        raise invalid("not a model folder (no readable modules.json or config.json)", where=str(path), fix="pass a CrossEncoder folder (e.g. runs/NAME/student)")
+        raise invalid(
+            "not a model folder (no readable modules.json or config.json)", where=str(path), fix="pass a CrossEncoder folder (e.g. runs/NAME/student)"
+        )
     raise invalid(
         f"a {kind} model, not a one-score reranker",
         where=str(path / "config.json"),
@@ -87,7 +89,11 @@ def _load_original(path: Path):
         raise invalid(f"the reranker emits {model.num_labels} scores per pair; export supports one", where=str(path), fix="export a num_labels=1 reranker")
     reason = onnx_unsupported(model)
     if reason:
-        raise invalid(reason + "; export handles a transformer encoder or sequence classifier", where=str(path), fix="export a CrossEncoder whose first module is a Transformer")
+        raise invalid(
+            reason + "; export handles a transformer encoder or sequence classifier",
+            where=str(path),
+            fix="export a CrossEncoder whose first module is a Transformer",
+        )
     return model
 
 
@@ -116,7 +122,13 @@ def load_exported(folder: Path, original_path: Path, file_name: str) -> tuple[An
 
     try:
         with _quiet():
-            model = CrossEncoder(str(folder), backend="onnx", device="cpu", activation_fn=torch.nn.Identity(), model_kwargs={"file_name": file_name, "provider": "CPUExecutionProvider"})
+            model = CrossEncoder(
+                str(folder),
+                backend="onnx",
+                device="cpu",
+                activation_fn=torch.nn.Identity(),
+                model_kwargs={"file_name": file_name, "provider": "CPUExecutionProvider"},
+            )
         return model, 'sentence-transformers backend="onnx"', None
     except Exception as exc:  # Optimum missing or incompatible: still measure the graph itself
         reason = f'CrossEncoder(DIR, backend="onnx") did not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); parity measured with onnxruntime directly'
@@ -157,7 +169,11 @@ def parity_from_run(run_path: Path, *, max_queries: int, depth: int) -> ParitySe
 
     path = run_path / HELDOUT_CANDIDATES
     if not path.exists():
-        raise missing("the run has no held-out candidates to check parity on", where=str(path), fix=f"run `reranker-skill mine --run {run_path} ...` first, or omit --run to use the built-in sample")
+        raise missing(
+            "the run has no held-out candidates to check parity on",
+            where=str(path),
+            fix=f"run `reranker-skill mine --run {run_path} ...` first, or omit --run to use the built-in sample",
+        )
     try:
         table = read_parquet(path).to_pylist()
     except Exception as exc:
@@ -211,7 +227,7 @@ def builtin_parity(*, max_queries: int, depth: int) -> ParitySet:
 
 
 def _ndcg10(ranked: list[str], gains: dict[str, float]) -> float:
-    dcg = sum((2**gains.get(d, 0.0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
+    dcg = sum((2 ** gains.get(d, 0.0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
     ideal = sorted(gains.values(), reverse=True)[:10]
     idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
@@ -313,11 +329,19 @@ def export_model(
     model_from_run = model is None
     if model is None:
         if run is None:
-            raise SkillError("give --model PATH (or --run runs/NAME to export its student/)", code=ExitCode.USAGE, fix="reranker-skill export --model runs/NAME/student --out DIR")
+            raise SkillError(
+                "give --model PATH (or --run runs/NAME to export its student/)",
+                code=ExitCode.USAGE,
+                fix="reranker-skill export --model runs/NAME/student --out DIR",
+            )
         model = run / STUDENT
     if out is None:
         if run is None:
-            raise SkillError("give --out DIR (or --run runs/NAME to write into its export/ folder)", code=ExitCode.USAGE, fix="reranker-skill export --model PATH --out exported/")
+            raise SkillError(
+                "give --out DIR (or --run runs/NAME to write into its export/ folder)",
+                code=ExitCode.USAGE,
+                fix="reranker-skill export --model PATH --out exported/",
+            )
         out = run / EXPORT / ("onnx-int8" if quantize else "onnx")
     from skill.loading import PACKAGED_PREFIX, resolve_packaged
 
@@ -337,7 +361,12 @@ def export_model(
     config = {"format": fmt, "quantize": quantize, "out": str(out.resolve()), "queries": queries, "depth": depth, "tolerances": asdict(tolerances)}
     if run_obj is not None:  # the parity pairs (and the default model) come from finished, unchanged stages
         run_obj.require(["heldout_candidates", "qrels_heldout", *(["student"] if model_from_run else [])], needed_by="export")
-        stage = Stage(run_obj, "export", config=config, inputs={"model": model, "heldout_candidates": run_obj.file(HELDOUT_CANDIDATES), "qrels_heldout": run_obj.file(QRELS_HELDOUT)})
+        stage = Stage(
+            run_obj,
+            "export",
+            config=config,
+            inputs={"model": model, "heldout_candidates": run_obj.file(HELDOUT_CANDIDATES), "qrels_heldout": run_obj.file(QRELS_HELDOUT)},
+        )
         skipped = stage.skip(
             force=force,
             result=lambda prev: Result(
@@ -378,7 +407,9 @@ def _check_out(model: Path, out: Path) -> None:
         raise invalid("--out exists and is not an earlier export", where=str(out), fix="choose another --out, or remove that folder yourself")
 
 
-def _build_and_publish(original, model: Path, kind: str, out: Path, ps: ParitySet, *, fmt: str, quantize: str | None, batch_size: int, tolerances: Tolerances) -> Result:
+def _build_and_publish(
+    original, model: Path, kind: str, out: Path, ps: ParitySet, *, fmt: str, quantize: str | None, batch_size: int, tolerances: Tolerances
+) -> Result:
     """Trace (and quantise) into a temporary folder beside `out`, check parity, and swap it in when fp32 passes."""
     tmp = make_temp_dir(out.parent, prefix=f".{out.name}.")
     warnings_out: list[str] = []
@@ -435,7 +466,12 @@ def _build_and_publish(original, model: Path, kind: str, out: Path, ps: ParitySe
                 fix="nothing was published; serve the torch model and report the model's architecture",
             )
             result = Result(
-                metrics=_flat(report), warnings=warnings_out, errors=[err.as_dict()], status="error", exit_code=err.code, text=_text(report, out) + "\nFAILED: " + err.line()
+                metrics=_flat(report),
+                warnings=warnings_out,
+                errors=[err.as_dict()],
+                status="error",
+                exit_code=err.code,
+                text=_text(report, out) + "\nFAILED: " + err.line(),
             )
             return result
         if failures.get("int8"):
@@ -453,7 +489,14 @@ def _build_and_publish(original, model: Path, kind: str, out: Path, ps: ParitySe
     result = Result(artifacts={"export": str(out), "parity": str(out / MARKER)}, metrics=_flat(report), warnings=warnings_out, text=_text(report, out))
     if failures.get("int8"):
         result.status, result.exit_code = "partial", ExitCode.PARTIAL
-        result.errors.append({"code": int(ExitCode.PARTIAL), "message": "; ".join(failures["int8"]), "where": str(out), "fix": "ship the fp32 model.onnx, or keep serving the torch model; the int8 file was not kept"})
+        result.errors.append(
+            {
+                "code": int(ExitCode.PARTIAL),
+                "message": "; ".join(failures["int8"]),
+                "where": str(out),
+                "fix": "ship the fp32 model.onnx, or keep serving the torch model; the int8 file was not kept",
+            }
+        )
         result.text += "\nPARTIAL: " + "; ".join(failures["int8"]) + " — the int8 file was not kept; fp32 passed and is published"
     return result
 
@@ -480,7 +523,22 @@ def _flat(report: dict[str, Any]) -> dict[str, Any]:
         "export_seconds": report["export_seconds"],
     }
     for variant, m in report["variants"].items():
-        for key in ("pairs_per_s", "speedup", "size_bytes", "max_abs_drift", "mean_abs_drift", "top10_overlap_mean", "top10_overlap_min", "ndcg@10_original", "ndcg@10_exported", "ndcg@10_drop", "passed", "loaded_with", "pairs", "queries"):
+        for key in (
+            "pairs_per_s",
+            "speedup",
+            "size_bytes",
+            "max_abs_drift",
+            "mean_abs_drift",
+            "top10_overlap_mean",
+            "top10_overlap_min",
+            "ndcg@10_original",
+            "ndcg@10_exported",
+            "ndcg@10_drop",
+            "passed",
+            "loaded_with",
+            "pairs",
+            "queries",
+        ):
             if key in m:
                 out[f"{variant}_{key}"] = m[key]
     return out
@@ -502,5 +560,8 @@ def _text(report: dict[str, Any], out: Path) -> str:
         nd = f"{m['ndcg@10_exported']:>9.4f}" if "ndcg@10_exported" in m else f"{'-':>9}"
         verdict = "PASS" if m["passed"] else "FAIL: " + "; ".join(m["failures"])
         lines.append(f"{variant:<9}{_mb(m['size_bytes']):>10}{m['pairs_per_s']:>10}{m['max_abs_drift']:>12.2e}{m['top10_overlap_mean']:>12.3f}{nd}  {verdict}")
-    lines.append(f'load: CrossEncoder("{out}", backend="onnx"' + (', model_kwargs={"file_name": "' + INT8_FILE + '"})' if "int8" in report["variants"] and report["variants"]["int8"]["passed"] else ")"))
+    lines.append(
+        f'load: CrossEncoder("{out}", backend="onnx"'
+        + (', model_kwargs={"file_name": "' + INT8_FILE + '"})' if "int8" in report["variants"] and report["variants"]["int8"]["passed"] else ")")
+    )
     return "\n".join(lines)

@@ -219,5 +219,6 @@ def uninstall(agent: Agent, *, global_: bool = False, dest: Path | None = None) 
             Path(folder).rmdir()  # only when empty
     text = f"removed reranker-skill for {agent} from {target}"
     warnings = [f"kept {len(kept)} file(s) that install did not create: {', '.join(kept[:5])}"] if kept else []
-    return Result(artifacts={"skill": str(target)}, metrics={"agent": agent, "removed": len(removed), "kept": kept, "root": str(root)}, warnings=warnings, text=text)
-
+    return Result(
+        artifacts={"skill": str(target)}, metrics={"agent": agent, "removed": len(removed), "kept": kept, "root": str(root)}, warnings=warnings, text=text
+    )

@@ -247,7 +247,9 @@ def _read_heldout_ids(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise invalid(f"bytes at offset {exc.start} are not UTF-8", where=str(path), fix="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
+        raise invalid(
+            f"bytes at offset {exc.start} are not UTF-8", where=str(path), fix="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+        ) from None
     ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise invalid("held-out query list is empty", where=str(path), fix="give a file with one query id per line")
@@ -265,13 +267,17 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
     cfg_dump.pop("cache_dir", None)  # where the cache lives does not change the result
     if config.retriever != "bm25":
         cfg_dump["embedder_identity"] = model_identity(config.embedder)
-    stage = Stage(run, "mine", config=cfg_dump, inputs={"corpus": data.corpus, "queries": data.queries, "qrels": data.qrels, "heldout_queries": config.heldout_queries})
+    stage = Stage(
+        run, "mine", config=cfg_dump, inputs={"corpus": data.corpus, "queries": data.queries, "qrels": data.qrels, "heldout_queries": config.heldout_queries}
+    )
     if (done := stage.skip(force=force)) is not None:
         return done
 
     ds: Dataset = load_dataset(data.corpus, data.queries, data.qrels, mapping=data.mapping, max_chars=data.max_doc_chars)
     heldout_ids = _read_heldout_ids(Path(config.heldout_queries)) if config.heldout_queries is not None else None
-    split: Split = split_queries(ds.queries, ds.qrels, heldout_fraction=config.heldout, seed=config.seed, heldout_ids=heldout_ids, dev_queries=config.dev_queries)
+    split: Split = split_queries(
+        ds.queries, ds.qrels, heldout_fraction=config.heldout, seed=config.seed, heldout_ids=heldout_ids, dev_queries=config.dev_queries
+    )
 
     doc_ids = list(ds.corpus.texts)
     doc_texts = [ds.corpus.texts[d] for d in doc_ids]
@@ -288,7 +294,9 @@ def mine(run_dir: str | Path, data: DataConfig, config: MineConfig, *, force: bo
         model = load_sentence_transformer(config.embedder, role="embedder", flag="--embedder")
         cache_dir = Path(config.cache_dir) if config.cache_dir else run.file(CACHE)
         doc_emb, cached = embed_corpus(model, config.embedder, doc_ids, doc_texts, cache_dir, config.batch_size)
-        query_emb = model.encode_query(query_texts, batch_size=config.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=len(query_texts) > 200).astype(np.float32)
+        query_emb = model.encode_query(
+            query_texts, batch_size=config.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=len(query_texts) > 200
+        ).astype(np.float32)
         metrics["embedding_cache"] = "hit" if cached else "miss"
         embedder_used = config.embedder
     if config.retriever == "bm25":

@@ -101,6 +101,7 @@ def safe_yaml(text: str, *, where: str) -> Any:
 
 __all__ = ["PACKAGED_PREFIX", "apply_override", "load_recipe", "resolve_packaged"]
 
+
 def _resolve(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _resolve(v) for k, v in obj.items()}

@@ -36,10 +36,15 @@ def headline(report: dict) -> list[str]:
         lines += [report["fused_verdict"]["line"], ""]
     collapse = report["collapse"]
     if collapse["collapsed"]:
-        lines += [f"**COLLAPSE — the student's scores barely vary within a query: {collapse['detail']}.** Rule: {collapse['rule']}. Its ranking is meaningless; retrain before using it.", ""]
+        lines += [
+            f"**COLLAPSE — the student's scores barely vary within a query: {collapse['detail']}.** Rule: {collapse['rule']}. Its ranking is meaningless; retrain before using it.",
+            "",
+        ]
     gate = report["teacher_gate"]
     if gate["status"] == "fail":
-        lines += [f"**TEACHER GATE FAILED — the teacher does not beat the first stage on held-out queries: {gate['detail']}. Distilling it cannot help.** Rule: {gate['rule']}. What to change:"]
+        lines += [
+            f"**TEACHER GATE FAILED — the teacher does not beat the first stage on held-out queries: {gate['detail']}. Distilling it cannot help.** Rule: {gate['rule']}. What to change:"
+        ]
         lines += [f"- {a}" for a in gate.get("advice", [])]
         lines.append("")
     return lines
@@ -113,23 +118,33 @@ def markdown(report: dict) -> str:
     for i, c in enumerate(report["comparisons"]):
         for m in names if i == 0 else names[:1]:  # every metric for the verdict's comparison; NDCG@10 for the rest (all in report.json)
             r = c["metrics"][m]
-            out.append(f"| {c['a']} − {c['b']} | {_label(m)} | {_f(r['delta'], signed=True)} | [{_f(r['ci_low'], signed=True)}, {_f(r['ci_high'], signed=True)}] | {_p(r['p_value'])} | {r['better']} / {r['worse']} |")
+            out.append(
+                f"| {c['a']} − {c['b']} | {_label(m)} | {_f(r['delta'], signed=True)} | [{_f(r['ci_low'], signed=True)}, {_f(r['ci_high'], signed=True)}] | {_p(r['p_value'])} | {r['better']} / {r['worse']} |"
+            )
     out += ["", "## Teacher ↔ student fidelity (held-out pairs, raw scores)", ""]
     if report["fidelity"]:
         out += ["| system | Spearman (mean per query) | Kendall τ-b | MSE | median per-query spread |", "|---|---|---|---|---|"]
         for name, f in report["fidelity"].items():
-            out.append(f"| {name} | {_f(f['spearman_mean'], 3)} | {_f(f['kendall_mean'], 3)} | {_f(f['mse'], 3)} | {_f(report['spread'][name]['median_std'], 3)} |")
+            out.append(
+                f"| {name} | {_f(f['spearman_mean'], 3)} | {_f(f['kendall_mean'], 3)} | {_f(f['mse'], 3)} | {_f(report['spread'][name]['median_std'], 3)} |"
+            )
         if "teacher" in report["spread"]:
             out.append(f"| teacher | 1 | 1 | 0 | {_f(report['spread']['teacher']['median_std'], 3)} |")
     else:
         out.append("No teacher scores: fidelity not measured.")
-    out += ["", f"Collapse check: {report['collapse']['detail']} — {'COLLAPSED' if report['collapse']['collapsed'] else 'ok'} ({report['collapse']['rule']}).", ""]
+    out += [
+        "",
+        f"Collapse check: {report['collapse']['detail']} — {'COLLAPSED' if report['collapse']['collapsed'] else 'ok'} ({report['collapse']['rule']}).",
+        "",
+    ]
     out += ["## Cost (this machine, the same held-out pairs, one query's candidates per request)", ""]
     if report["cost"]:
         out += ["| system | pairs/s | p50 ms/query | p95 ms/query | size on disk MB | parameters | device |", "|---|---|---|---|---|---|---|"]
         for name, c in report["cost"].items():
             params = f"{c['parameters']:,}" if c.get("parameters") else "–"
-            out.append(f"| {name} | {_f(c['pairs_per_s'], 1)} | {_f(c['latency_ms_p50'], 1)} | {_f(c['latency_ms_p95'], 1)} | {_f(c['size_mb'], 1)} | {params} | {c['device']} |")
+            out.append(
+                f"| {name} | {_f(c['pairs_per_s'], 1)} | {_f(c['latency_ms_p50'], 1)} | {_f(c['latency_ms_p95'], 1)} | {_f(c['size_mb'], 1)} | {params} | {c['device']} |"
+            )
         if report.get("speedup_vs_teacher"):
             out.append(f"\nStudent speed-up over the teacher: **{report['speedup_vs_teacher']:.1f}×** (pairs/s).")
     gate = report["teacher_gate"]
@@ -145,7 +160,11 @@ def markdown(report: dict) -> str:
     if report["notes"]:
         out += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     s = report["settings"]
-    out += ["", f"_Method: {s['test']}, {s['resamples']} resamples, seed {s['seed']}; {s['relevance']}; ties {s['ties']}; metrics by {s['metrics_engine']}._", ""]
+    out += [
+        "",
+        f"_Method: {s['test']}, {s['resamples']} resamples, seed {s['seed']}; {s['relevance']}; ties {s['ties']}; metrics by {s['metrics_engine']}._",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -18,7 +18,9 @@ def resource_dir(name: str) -> Path:
         candidate = root / name if name else root
         if (root / "SKILL.md").exists() and candidate.exists():
             return candidate
-    raise missing(f"cannot find the skill's {name or 'root'} folder", where=str(_PACKAGE), fix="reinstall reranker-skill (pip install --force-reinstall reranker-skill)")
+    raise missing(
+        f"cannot find the skill's {name or 'root'} folder", where=str(_PACKAGE), fix="reinstall reranker-skill (pip install --force-reinstall reranker-skill)"
+    )
 
 
 def skill_root() -> Path:

@@ -57,7 +57,9 @@ def teacher_specs(teachers, types, weights, score_space: str | None) -> list[Tea
     """Pair up repeated --teacher / --teacher-type / --weight flags."""
     teachers, types, weights = list(teachers), list(types), list(weights)
     if len(types) not in (0, 1, len(teachers)):
-        raise SkillError(f"{len(types)} --teacher-type for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --teacher-type per --teacher, or one for all")
+        raise SkillError(
+            f"{len(types)} --teacher-type for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --teacher-type per --teacher, or one for all"
+        )
     if len(weights) not in (0, len(teachers)):
         raise SkillError(f"{len(weights)} --weight for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --weight per --teacher")
     types = types * len(teachers) if len(types) == 1 else types or ["auto"] * len(teachers)
@@ -187,7 +189,10 @@ class ChunkScorer:
         order = np.lexsort((np.arange(len(raw)), raw)).astype(np.int64)
         lengths = raw[order].astype(np.int32)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        write_json(self.workdir / "plan.json", {"teacher": self.teacher.describe(), "pairs": len(self.pairs), "pairs_sha256": self.pairs.digest, "chunk_size": self.chunk_size})
+        write_json(
+            self.workdir / "plan.json",
+            {"teacher": self.teacher.describe(), "pairs": len(self.pairs), "pairs_sha256": self.pairs.digest, "chunk_size": self.chunk_size},
+        )
         _save_npy(len_file, lengths)
         _save_npy(plan_file, order)
         return order, lengths
@@ -276,7 +281,9 @@ class ChunkScorer:
             self.backend_facts = self.teacher.before_scoring([(self.pairs.queries[j], self.pairs.docs[j]) for j in order[lo:end]])
         tokens = sum(int(lengths[slice(*self.chunk_range(c, len(order)))].sum()) for c in todo)
         started = time.perf_counter()
-        with Progress(total=total, done=total - remaining, remaining_tokens=tokens, workers=["one worker in this process"], desc=f"score {Path(self.teacher.name).name}") as bar:
+        with Progress(
+            total=total, done=total - remaining, remaining_tokens=tokens, workers=["one worker in this process"], desc=f"score {Path(self.teacher.name).name}"
+        ) as bar:
             for c in todo:
                 bar.begin_chunk(lengths[slice(*self.chunk_range(c, len(order)))])
                 self.commit(c, self.score_chunk(c, order, lengths, bar))
@@ -292,7 +299,9 @@ class ChunkScorer:
             lo, hi = c * self.chunk_size, min((c + 1) * self.chunk_size, len(order))
             arr = np.load(self.chunk_file(c))
             if len(arr) != hi - lo:
-                raise invalid(f"chunk {c} holds {len(arr)} scores, expected {hi - lo}", where=str(self.chunk_file(c)), fix="delete the score_work folder and rerun score")
+                raise invalid(
+                    f"chunk {c} holds {len(arr)} scores, expected {hi - lo}", where=str(self.chunk_file(c)), fix="delete the score_work folder and rerun score"
+                )
             out[order[lo:hi]] = arr
         return out
 
@@ -326,7 +335,13 @@ def label_statistics(labels: np.ndarray, groups: list[str]) -> tuple[dict, dict,
     stds = []
     for a, b in itertools.pairwise(bounds):
         part = s[a:b]
-        per_query[str(g[a])] = {"n": int(b - a), "mean": round(float(part.mean()), 6), "std": round(float(part.std()), 6), "min": round(float(part.min()), 6), "max": round(float(part.max()), 6)}
+        per_query[str(g[a])] = {
+            "n": int(b - a),
+            "mean": round(float(part.mean()), 6),
+            "std": round(float(part.std()), 6),
+            "min": round(float(part.min()), 6),
+            "max": round(float(part.max()), 6),
+        }
         if b - a >= 2:
             stds.append(float(part.std()))
     spread = {}
@@ -377,7 +392,11 @@ def _onnx_teachers(teachers: list[Teacher], cache_dir: Path, warnings: list[str]
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise SkillError("--backend onnx needs onnx and onnxruntime", code=ExitCode.MISSING_PREREQUISITE, fix='pip install "reranker-skill[onnx]", or drop --backend onnx') from None
+            raise SkillError(
+                "--backend onnx needs onnx and onnxruntime",
+                code=ExitCode.MISSING_PREREQUISITE,
+                fix='pip install "reranker-skill[onnx]", or drop --backend onnx',
+            ) from None
         out.append(OnnxCrossEncoderTeacher.wrap(t, cache_dir))
     return out
 
@@ -419,12 +438,27 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
     # Load (and validate) every teacher before any work, so a bad input writes nothing.
     engine = make_engine(config, cache_dir=run.file(CACHE), loader=load_teacher)
     try:
-        return _score(run, config, stage, engine, shard, source_warnings, train_path, held_path, dev_path if has_dev else None, qrels_dev_path, merge_only=merge_only)
+        return _score(
+            run, config, stage, engine, shard, source_warnings, train_path, held_path, dev_path if has_dev else None, qrels_dev_path, merge_only=merge_only
+        )
     finally:
         engine.close()
 
 
-def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, source_warnings, train_path: Path, held_path: Path, dev_path: Path | None, qrels_dev_path: Path, *, merge_only: bool) -> Result:
+def _score(
+    run: Run,
+    config: ScoreConfig,
+    stage: Stage,
+    engine,
+    shard,
+    source_warnings,
+    train_path: Path,
+    held_path: Path,
+    dev_path: Path | None,
+    qrels_dev_path: Path,
+    *,
+    merge_only: bool,
+) -> Result:
     from skill.gate import read_dev
 
     teachers: list[Teacher] = [engine.load(spec) for spec in config.teachers]
@@ -433,17 +467,41 @@ def _score(run: Run, config: ScoreConfig, stage: Stage, engine, shard, source_wa
     pairs = collect_pairs(train, held, dev)
     rows_train, rows_held, rows_dev = train.num_rows, held.num_rows, dev.num_rows if dev is not None else 0
 
-    metrics: dict = {"pairs": rows_train, "heldout_pairs": rows_held, "dev_pairs": rows_dev, "unique_pairs": len(pairs), "duplicates_skipped": rows_train + rows_held + rows_dev - len(pairs)}
+    metrics: dict = {
+        "pairs": rows_train,
+        "heldout_pairs": rows_held,
+        "dev_pairs": rows_dev,
+        "unique_pairs": len(pairs),
+        "duplicates_skipped": rows_train + rows_held + rows_dev - len(pairs),
+    }
     warnings: list[str] = list(source_warnings)
     if config.backend == "onnx":
         teachers = _onnx_teachers(teachers, run.file(CACHE), warnings)
-    looked_up = {id(t): _file_teacher_scores(t, train, held, dev, warnings) for t in teachers if isinstance(t, FileTeacher)}  # validated before anything is written
+    looked_up = {
+        id(t): _file_teacher_scores(t, train, held, dev, warnings) for t in teachers if isinstance(t, FileTeacher)
+    }  # validated before anything is written
     # One run scores inside its transaction (a failure is recorded); shards score their chunks outside it
     # (chunks are keyed by teacher and pairs, never outputs) and only the merge publishes.
     with contextlib.ExitStack() as transaction:
         tx = transaction.enter_context(stage.transaction()) if shard[1] == 1 and not merge_only else None
         return _label_and_publish(
-            run, stage, tx, transaction, config, engine, teachers, looked_up, train, held, dev, qrels_dev_path, pairs, metrics, warnings, shard=shard, merge_only=merge_only
+            run,
+            stage,
+            tx,
+            transaction,
+            config,
+            engine,
+            teachers,
+            looked_up,
+            train,
+            held,
+            dev,
+            qrels_dev_path,
+            pairs,
+            metrics,
+            warnings,
+            shard=shard,
+            merge_only=merge_only,
         )
 
 
@@ -462,7 +520,9 @@ def _check_no_heldout_in_training(run: Run) -> None:
 
 
 def _lookup(t: FileTeacher, table) -> np.ndarray:
-    return t.lookup(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), table.column("query").to_pylist(), table.column("document").to_pylist())
+    return t.lookup(
+        table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), table.column("query").to_pylist(), table.column("document").to_pylist()
+    )
 
 
 def _file_teacher_scores(t: FileTeacher, train, held, dev, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -480,14 +540,33 @@ def _file_teacher_scores(t: FileTeacher, train, held, dev, warnings: list[str]) 
     hd = _lookup(t, held)
     n_missing = int(np.isnan(hd).sum())
     if n_missing:
-        warnings.append(f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only")
+        warnings.append(
+            f"the scores file has no score for {n_missing} of {rows_held} held-out candidates: their teacher_score is NaN, so `evaluate` shows the teacher on the rest only"
+        )
     if t.inferred_space and t.score_space == "probability":
         warnings.append(f"{t.name}: every score lies in [0, 1], so the score space was taken as `probability`; pass --score-space raw_logit if they are logits")
     return tr, hd, (_lookup(t, dev) if dev is not None else None)
 
 
 def _label_and_publish(
-    run: Run, stage: Stage, tx, transaction: contextlib.ExitStack, config: ScoreConfig, engine, teachers, looked_up, train, held, dev, qrels_dev_path, pairs, metrics, warnings, *, shard, merge_only
+    run: Run,
+    stage: Stage,
+    tx,
+    transaction: contextlib.ExitStack,
+    config: ScoreConfig,
+    engine,
+    teachers,
+    looked_up,
+    train,
+    held,
+    dev,
+    qrels_dev_path,
+    pairs,
+    metrics,
+    warnings,
+    *,
+    shard,
+    merge_only,
 ) -> Result:
     """Score the chunks each model teacher still lacks, combine the teachers, gate, and publish the tables (inside `tx`, or a new one for a merge)."""
     from skill.gate import gate_lines, gate_warning, teacher_gate
@@ -575,7 +654,11 @@ def _label_and_publish(
         "label_stats": overall,
         "per_query_spread": spread,
         "per_query": per_query,
-        "heldout_teacher_stats": {"n": len(held_valid), "mean": float(held_valid.mean()) if len(held_valid) else None, "std": float(held_valid.std()) if len(held_valid) else None},
+        "heldout_teacher_stats": {
+            "n": len(held_valid),
+            "mean": float(held_valid.mean()) if len(held_valid) else None,
+            "std": float(held_valid.std()) if len(held_valid) else None,
+        },
         "pairs": rows_train,
         "heldout_pairs": rows_held,
         "dev_pairs": rows_dev,
@@ -596,7 +679,9 @@ def _label_and_publish(
     if dev is not None:
         write_parquet(tx.path("dev_scores"), dev.append_column("teacher_score", pa.array(dev_score, pa.float32())))
     write_json(tx.path("meta"), meta)
-    tx.metrics.update({**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)})
+    tx.metrics.update(
+        {**metrics, "score_space": space, "backend": config.backend, "label_mean": overall["mean"], "label_std": overall["std"], "warnings": len(warnings)}
+    )
 
     lines = [
         f"score: {', '.join(t.name for t in teachers)} → {run.path}",
@@ -604,14 +689,20 @@ def _label_and_publish(
         f"  score space: {space}; labels mean {overall['mean']:.3f}, std {overall['std']:.3f}, range [{overall['min']:.3f}, {overall['max']:.3f}]",
     ]
     if spread:
-        lines.append(f"  within-query std: median {spread['within_query_std_p50']:.3f} (p10 {spread['within_query_std_p10']:.3f}, p90 {spread['within_query_std_p90']:.3f})")
+        lines.append(
+            f"  within-query std: median {spread['within_query_std_p50']:.3f} (p10 {spread['within_query_std_p10']:.3f}, p90 {spread['within_query_std_p90']:.3f})"
+        )
     if metrics.get("pairs_per_second"):
         where = f"{metrics['workers']} workers, {metrics['engine']}" if metrics.get("workers", 1) > 1 else config.backend
         lines.append(f"  speed: {metrics['pairs_per_second']:,} pairs/s over {timing['pairs_scored']:,} newly scored pairs ({where})")
     for est in metrics.get("estimate", []):
-        lines.append(f"  estimate before scoring: {est['expected_seconds']:,.0f} s at {est['pairs_per_second']:,} pairs/s; took {est.get('actual_seconds', 0):,.0f} s")
+        lines.append(
+            f"  estimate before scoring: {est['expected_seconds']:,.0f} s at {est['pairs_per_second']:,} pairs/s; took {est.get('actual_seconds', 0):,.0f} s"
+        )
     if "onnx_cache" in metrics:
-        lines.append(f"  onnx: graph {metrics['onnx_cache']} ({metrics['onnx_graph']}), {metrics['onnx_threads']} threads, first-batch drift vs torch {metrics['onnx_parity_max_drift']:.1e}")
+        lines.append(
+            f"  onnx: graph {metrics['onnx_cache']} ({metrics['onnx_graph']}), {metrics['onnx_threads']} threads, first-batch drift vs torch {metrics['onnx_parity_max_drift']:.1e}"
+        )
     lines += gate_lines(gate)
     failed_gate = config.fail_on_gate and gate["status"] == "fail"
     return Result(

@@ -25,7 +25,11 @@ from hypothesis import strategies as st
 from skill.data import Qrels, Queries, check_no_leak, load_corpus, load_pairs, load_qrels, load_queries, normalise_query, split_queries
 from skill.errors import SkillError
 
-GOOD_CORPUS = [{"_id": "d1", "title": "Paris", "text": "Paris is the capital of France."}, {"_id": "d2", "text": "Berlin is the capital of Germany."}, {"_id": "d3", "text": "Bread is baked."}]
+GOOD_CORPUS = [
+    {"_id": "d1", "title": "Paris", "text": "Paris is the capital of France."},
+    {"_id": "d2", "text": "Berlin is the capital of Germany."},
+    {"_id": "d3", "text": "Bread is baked."},
+]
 GOOD_QUERIES = [{"_id": "q1", "text": "capital of France"}, {"_id": "q2", "text": "capital of Germany"}, {"_id": "q3", "text": "baking bread"}]
 GOOD_QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n"
 
@@ -96,7 +100,13 @@ DATA_CASES: dict[str, tuple[str, str, Callable[[Path], None], int, str]] = {
     "duplicate_query_ids": ("queries", "queries.jsonl", _rows([*GOOD_QUERIES, {"_id": "q1", "text": "again"}]), 5, "duplicate id 'q1'"),
     "qrels_unknown_doc": ("qrels", "qrels.tsv", _tsv(GOOD_QRELS + "q1\td99\t1\n"), 5, "document id 'd99' is not in the corpus"),
     "qrels_unknown_query": ("qrels", "qrels.tsv", _tsv(GOOD_QRELS + "q99\td1\t1\n"), 5, "query id 'q99' is not in the queries file"),
-    "non_utf8_corpus": ("corpus", "corpus.jsonl", _bytes(b'{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": "caf\xe9"}\n'), 5, "corpus.jsonl:2: bytes at column"),
+    "non_utf8_corpus": (
+        "corpus",
+        "corpus.jsonl",
+        _bytes(b'{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": "caf\xe9"}\n'),
+        5,
+        "corpus.jsonl:2: bytes at column",
+    ),
     "non_utf8_queries_tsv": ("queries", "queries.tsv", _bytes(b"_id\ttext\nq1\tna\xefve\n"), 5, "queries.tsv:2: bytes at column"),
     "enormous_document": ("corpus", "corpus.jsonl", _rows([*GOOD_CORPUS, {"_id": "big", "text": "x" * 1_000_001}]), 5, "'big' is 1,000,001 characters"),
     "label_nan": ("qrels", "qrels.tsv", _tsv(GOOD_QRELS + "q1\td2\tnan\n"), 5, "relevance 'nan' is not a finite number"),
@@ -150,7 +160,21 @@ def test_bad_heldout_query_list(cli, tmp_path, content, code, expect):
     files["queries"] = write_jsonl(tmp_path / "good_queries.jsonl", GOOD_QUERIES)
     (tmp_path / "heldout.txt").write_bytes(content)
     before = _snapshot(tmp_path)
-    proc = cli("mine", "--run", tmp_path / "run", "--retriever", "bm25", "--corpus", files["corpus"], "--queries", files["queries"], "--qrels", files["qrels"], "--heldout-queries", tmp_path / "heldout.txt")
+    proc = cli(
+        "mine",
+        "--run",
+        tmp_path / "run",
+        "--retriever",
+        "bm25",
+        "--corpus",
+        files["corpus"],
+        "--queries",
+        files["queries"],
+        "--qrels",
+        files["qrels"],
+        "--heldout-queries",
+        tmp_path / "heldout.txt",
+    )
     _expect_one_clear_line(proc, code, expect)
     assert _snapshot(tmp_path) == before
 
@@ -164,7 +188,11 @@ def mined(stdlib_domain, tmp_path_factory) -> Path:
     from skill.mine import mine
 
     run = tmp_path_factory.mktemp("bad-inputs") / "mined"
-    mine(run, DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"]), MineConfig(retriever="bm25", train_top_k=4, eval_top_k=4))
+    mine(
+        run,
+        DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"]),
+        MineConfig(retriever="bm25", train_top_k=4, eval_top_k=4),
+    )
     return run
 
 
@@ -179,7 +207,10 @@ def _pairs(run: Path) -> list[dict]:
 
 
 def _scores_rows(run: Path, label=lambda i, r: float(i % 7) - 3.0) -> list[dict]:
-    return [{"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": label(i, r)} for i, r in enumerate(_pairs(run))]
+    return [
+        {"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": label(i, r)}
+        for i, r in enumerate(_pairs(run))
+    ]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -236,7 +267,21 @@ def _score_case(case: str, run: Path, t: Path) -> tuple[Path, str]:
     raise AssertionError(case)
 
 
-SCORE_CASES = ["broken_json", "broken_csv", "broken_parquet", "no_label_column", "label_nan", "label_inf", "label_string", "label_string_csv", "empty_document", "non_utf8", "empty_file", "unknown_ids", "duplicate_ids_conflicting_labels"]
+SCORE_CASES = [
+    "broken_json",
+    "broken_csv",
+    "broken_parquet",
+    "no_label_column",
+    "label_nan",
+    "label_inf",
+    "label_string",
+    "label_string_csv",
+    "empty_document",
+    "non_utf8",
+    "empty_file",
+    "unknown_ids",
+    "duplicate_ids_conflicting_labels",
+]
 
 
 @pytest.mark.parametrize("case", SCORE_CASES)
@@ -286,7 +331,18 @@ def _evaluate_case(case: str, run: Path, t: Path, tiny_reranker: Path) -> tuple[
     raise AssertionError(case)
 
 
-EVALUATE_CASES = ["broken_parquet", "missing_columns", "no_rows", "broken_qrels_json", "qrels_not_a_mapping", "qrels_grade_string", "qrels_without_positives", "student_broken_config", "student_is_a_file", "no_student"]
+EVALUATE_CASES = [
+    "broken_parquet",
+    "missing_columns",
+    "no_rows",
+    "broken_qrels_json",
+    "qrels_not_a_mapping",
+    "qrels_grade_string",
+    "qrels_without_positives",
+    "student_broken_config",
+    "student_is_a_file",
+    "no_student",
+]
 
 
 @pytest.mark.parametrize("case", EVALUATE_CASES)
@@ -397,7 +453,20 @@ def test_run_folder_from_an_older_version_is_refused_untouched(mined, tiny_reran
 
 def test_json_envelope_for_a_bad_input_is_one_object(tmp_path):
     files = _data_files(tmp_path, "label_nan")
-    proc = run_cli("mine", "--run", tmp_path / "run", "--retriever", "bm25", "--corpus", files["corpus"], "--queries", files["queries"], "--qrels", files["qrels"], "--json")
+    proc = run_cli(
+        "mine",
+        "--run",
+        tmp_path / "run",
+        "--retriever",
+        "bm25",
+        "--corpus",
+        files["corpus"],
+        "--queries",
+        files["queries"],
+        "--qrels",
+        files["qrels"],
+        "--json",
+    )
     payload = json.loads(proc.stdout)
     assert proc.returncode == payload["exit_code"] == 5 and payload["status"] == "error"
     err = payload["errors"][0]
@@ -460,11 +529,20 @@ def test_property_qrels_and_pairs_round_trip(tmp_path_factory, labels, fmt):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=400), ext=st.sampled_from([".jsonl", ".csv", ".tsv", ".parquet", ".jsonl.gz", ".txt"]), prefix=st.sampled_from([b"", b'{"_id": "d1", "text": "x"}\n', b"_id,text\n", b"PAR1"]))
+@given(
+    data=st.binary(max_size=400),
+    ext=st.sampled_from([".jsonl", ".csv", ".tsv", ".parquet", ".jsonl.gz", ".txt"]),
+    prefix=st.sampled_from([b"", b'{"_id": "d1", "text": "x"}\n', b"_id,text\n", b"PAR1"]),
+)
 def test_property_garbage_raises_only_skill_errors(tmp_path_factory, data, ext, prefix):
     path = tmp_path_factory.mktemp("garbage") / f"file{ext}"
     path.write_bytes(prefix + data)
-    for load in (lambda: load_corpus(path, stop_at_first=False), lambda: load_queries(path), lambda: load_qrels(path, stop_at_first=False), lambda: load_pairs(path, require_label=True)):
+    for load in (
+        lambda: load_corpus(path, stop_at_first=False),
+        lambda: load_queries(path),
+        lambda: load_qrels(path, stop_at_first=False),
+        lambda: load_pairs(path, require_label=True),
+    ):
         try:
             result = load()
         except SkillError as err:
@@ -476,7 +554,9 @@ def test_property_garbage_raises_only_skill_errors(tmp_path_factory, data, ext, 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    texts=st.lists(st.sampled_from(["alpha", "Alpha ", "beta", "gamma delta", "GAMMA  delta", "eps", "zeta", "eta", "theta", "iota"]) | _TEXT, min_size=2, max_size=30),
+    texts=st.lists(
+        st.sampled_from(["alpha", "Alpha ", "beta", "gamma delta", "GAMMA  delta", "eps", "zeta", "eta", "theta", "iota"]) | _TEXT, min_size=2, max_size=30
+    ),
     labelled=st.lists(st.booleans(), min_size=30, max_size=30),
     fraction=st.floats(0.05, 0.9),
     seed=st.integers(0, 10_000),

@@ -107,7 +107,10 @@ def make_run(root: Path, data: dict, *, student: Path | None, teacher: np.ndarra
     write_json(run / "qrels_heldout.json", data["qrels"])
     if teacher is not None:
         write_parquet(run / "heldout_scores.parquet", data["candidates"].append_column("teacher_score", pa.array(teacher, pa.float32())))
-        write_json(run / "scores.meta.json", {"teachers": [{"id": str(data["teacher_model"]), "type": "cross-encoder", "revision": None, "weight": 1.0}], "score_space": "raw_logit"})
+        write_json(
+            run / "scores.meta.json",
+            {"teachers": [{"id": str(data["teacher_model"]), "type": "cross-encoder", "revision": None, "weight": 1.0}], "score_space": "raw_logit"},
+        )
     stages = {}
     if render_base is not None:
         stages["render"] = {"status": "ok", "config": {"base": str(render_base), "pooling": "cls", "seed": 12}}
@@ -170,7 +173,9 @@ def test_report_numbers_match_an_independent_computation(domain_run, tmp_path):
     table, qrels = domain_run["candidates"], domain_run["qrels"]
 
     ranks = np.asarray(table.column("rank").to_pylist(), dtype=float)
-    student_scores = load_reranker(str(run / "student")).predict(list(zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)), batch_size=64)
+    student_scores = load_reranker(str(run / "student")).predict(
+        list(zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)), batch_size=64
+    )
     expected = {"first stage": -ranks, "teacher": domain_run["teacher"].astype(float), "student": np.asarray(student_scores, dtype=float)}
     per_query_delta = {}
     for name, scores in expected.items():
@@ -192,13 +197,20 @@ def test_report_numbers_match_an_independent_computation(domain_run, tmp_path):
 
     # positives the first stage missed still count (recall@K below 1 for the first stage and for every reranker)
     dids = set(table.column("doc_id").to_pylist())
-    missed = sum(1 for q, g in qrels.items() for d in g if d not in {x for x, qq in zip(table.column("doc_id").to_pylist(), table.column("query_id").to_pylist(), strict=True) if qq == q})
+    missed = sum(
+        1
+        for q, g in qrels.items()
+        for d in g
+        if d not in {x for x, qq in zip(table.column("doc_id").to_pylist(), table.column("query_id").to_pylist(), strict=True) if qq == q}
+    )
     assert report["data"]["positives_missed_by_first_stage"] == missed > 0 and dids
     assert report["systems"]["student"]["metrics"][f"recall@{K}"]["mean"] == pytest.approx(1 - missed / len(qrels))
 
     # fidelity: mean per-query Spearman and the MSE on raw scores
     qids = table.column("query_id").to_pylist()
-    rhos = [_spearman(expected["student"][[i for i, x in enumerate(qids) if x == q]], expected["teacher"][[i for i, x in enumerate(qids) if x == q]]) for q in qrels]
+    rhos = [
+        _spearman(expected["student"][[i for i, x in enumerate(qids) if x == q]], expected["teacher"][[i for i, x in enumerate(qids) if x == q]]) for q in qrels
+    ]
     assert report["fidelity"]["student"]["spearman_mean"] == pytest.approx(np.mean(rhos), abs=1e-6)
     assert report["fidelity"]["student"]["mse"] == pytest.approx(np.mean((expected["student"] - expected["teacher"]) ** 2), rel=1e-5)
     assert not report["collapse"]["collapsed"]
@@ -233,7 +245,9 @@ def test_fused_system_is_the_z_score_blend_at_the_trained_alpha(domain_run, tmp_
     from skill.modeling import load_reranker
 
     table, qrels = domain_run["candidates"], domain_run["qrels"]
-    student = load_reranker(str(domain_run["sharp"])).predict(list(zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)), batch_size=64)
+    student = load_reranker(str(domain_run["sharp"])).predict(
+        list(zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)), batch_size=64
+    )
     first = np.asarray(table.column("first_stage_score").to_pylist(), dtype=float)
     qids = table.column("query_id").to_pylist()
 

@@ -48,7 +48,9 @@ def test_inspect_ready_on_beir(small_beir):
 
 
 def test_inspect_token_lengths_in_student_tokenizer(small_beir, tiny_base):
-    code, payload = run_json("inspect", "--corpus", small_beir["corpus"], "--queries", small_beir["queries"], "--qrels", small_beir["qrels"], "--tokenizer", tiny_base)
+    code, payload = run_json(
+        "inspect", "--corpus", small_beir["corpus"], "--queries", small_beir["queries"], "--qrels", small_beir["qrels"], "--tokenizer", tiny_base
+    )
     assert code == 0
     stats = payload["metrics"]["document_length_tokens"]
     assert 3 <= stats["min"] <= stats["max"] < 40

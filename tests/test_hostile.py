@@ -32,7 +32,7 @@ def _hostile(marker: Path) -> list[str]:
         f"x\r\n{touch}  # \u2028{touch}\x0c",
         f"{{{{ {touch} }}}}{{% raw %}}{{# #}}",
         f"C:\\new\\table\\{touch}\\",
-        f"\\\"; {touch}; \\\"",
+        f'\\"; {touch}; \\"',
         f") or {touch} or (",
         f"$(touch {marker}) `touch {marker}` ${{HOME}}",
         f"org/model\x00{touch}",
@@ -72,7 +72,9 @@ def test_template_injection_through_every_rendered_string_field(tmp_path):
             assert module[holders[0]] == value
             cases += 1
     assert not marker.exists()
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert cases == len(fields) * len(_hostile(marker))
 
@@ -202,7 +204,9 @@ def evil(tmp_path, monkeypatch) -> dict[str, Path]:
         folder.mkdir()
         _evil_code(folder)
         (folder / "config.json").write_text(json.dumps({"model_type": "evilbert", "architectures": [arch], "auto_map": auto_map}))
-        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}}))
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}})
+        )
         out[name] = folder
     # A sentence-transformers folder whose modules.json names a module class defined in the folder.
     st = tmp_path / "evil-st"
@@ -220,7 +224,11 @@ def mined(stdlib_domain, tmp_path) -> Path:
     from skill.mine import mine
 
     run = tmp_path / "run"
-    mine(run, DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"]), MineConfig(retriever="bm25", train_top_k=3, eval_top_k=3))
+    mine(
+        run,
+        DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"]),
+        MineConfig(retriever="bm25", train_top_k=3, eval_top_k=3),
+    )
     return run
 
 
@@ -238,7 +246,9 @@ def test_custom_code_is_never_run_without_trust_remote_code(evil, mined, stdlib_
 
     data = DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"])
     attempts = {
-        "inspect --tokenizer": lambda f: inspect_data(corpus=data.corpus, queries=data.queries, qrels=None, mapping=ColumnMapping(), tokenizer=str(f), max_doc_chars=10**6),
+        "inspect --tokenizer": lambda f: inspect_data(
+            corpus=data.corpus, queries=data.queries, qrels=None, mapping=ColumnMapping(), tokenizer=str(f), max_doc_chars=10**6
+        ),
         "mine --embedder": lambda f: mine(tmp_path / "mine-run", data, MineConfig(retriever="dense", embedder=str(f))),
         "score --teacher (auto)": lambda f: score(mined, ScoreConfig(teachers=[TeacherSpec(model=str(f))], max_length=64)),
         "score --teacher-type cross-encoder": lambda f: score(mined, ScoreConfig(teachers=[TeacherSpec(model=str(f), type="cross-encoder")], max_length=64)),
@@ -278,8 +288,24 @@ def test_custom_code_is_never_run_without_trust_remote_code(evil, mined, stdlib_
 def test_custom_code_is_never_run_by_the_cli_even_with_yes_on_stdin(evil, tmp_path, stdlib_domain):
     env = {"EVIL_MARKER": str(evil["marker"])}
     proc = subprocess.run(
-        [sys.executable, "-m", "skill", "inspect", "--corpus", str(stdlib_domain["corpus"]), "--queries", str(stdlib_domain["queries"]), "--tokenizer", str(evil["encoder"])],
-        input="y\ny\ny\n", capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "skill",
+            "inspect",
+            "--corpus",
+            str(stdlib_domain["corpus"]),
+            "--queries",
+            str(stdlib_domain["queries"]),
+            "--tokenizer",
+            str(evil["encoder"]),
+        ],
+        input="y\ny\ny\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **env},
+        timeout=300,
     )
     assert proc.returncode == 5 and "cannot load tokenizer" in proc.stderr and "Traceback" not in proc.stderr  # it exists but does not load: invalid
     assert not evil["marker"].exists()
@@ -315,11 +341,35 @@ def test_a_hub_token_never_reaches_output_manifest_or_reports(cli, tmp_path, mon
     outputs = []
     outputs.append(cli("doctor", "--json"))
     outputs.append(cli("inspect", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"], "--json"))
-    outputs.append(cli("mine", "--run", run, "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"], "--retriever", "bm25", "--train-top-k", "3", "--eval-top-k", "3"))
+    outputs.append(
+        cli(
+            "mine",
+            "--run",
+            run,
+            "--corpus",
+            stdlib_domain["corpus"],
+            "--queries",
+            stdlib_domain["queries"],
+            "--qrels",
+            stdlib_domain["qrels"],
+            "--retriever",
+            "bm25",
+            "--train-top-k",
+            "3",
+            "--eval-top-k",
+            "3",
+        )
+    )
     import pyarrow.parquet as pq
 
     rows = pq.read_table(run / "train_pairs.parquet").to_pylist() + pq.read_table(run / "heldout_candidates.parquet").to_pylist()
-    write_jsonl(scores, [{"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": float(r["relevance"]) * 5 - 2 + i % 3} for i, r in enumerate(rows)])
+    write_jsonl(
+        scores,
+        [
+            {"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": float(r["relevance"]) * 5 - 2 + i % 3}
+            for i, r in enumerate(rows)
+        ],
+    )
     outputs.append(cli("score", "--run", run, "--teacher", scores, "--json"))
     outputs.append(cli("render", "--run", run, "--base", "someone/base-encoder", "--push-to-hub", "someone/private-reranker", "--json"))
     shutil.copytree(tiny_reranker, run / "student")

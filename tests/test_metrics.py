@@ -120,7 +120,16 @@ def test_mean_ci_brackets_the_mean():
 
 @pytest.mark.parametrize(
     ("delta", "p", "want"),
-    [(0.02, 0.01, "WIN"), (0.02, 0.2, "MARGINAL"), (0.005, 0.001, "MARGINAL"), (0.0, 1.0, "MARGINAL"), (-0.005, 0.3, "MARGINAL"), (-0.005, 0.01, "REGRESSION"), (-0.02, 0.4, "REGRESSION"), (0.01, 0.049, "WIN")],
+    [
+        (0.02, 0.01, "WIN"),
+        (0.02, 0.2, "MARGINAL"),
+        (0.005, 0.001, "MARGINAL"),
+        (0.0, 1.0, "MARGINAL"),
+        (-0.005, 0.3, "MARGINAL"),
+        (-0.005, 0.01, "REGRESSION"),
+        (-0.02, 0.4, "REGRESSION"),
+        (0.01, 0.049, "WIN"),
+    ],
 )
 def test_verdict_rule(delta, p, want):
     assert M.verdict(delta, p, margin=0.01, alpha=0.05) == want

@@ -15,7 +15,15 @@ from skill.config import DataConfig, MineConfig
 from skill.errors import ExitCode, SkillError
 from skill.mine import fuse_rrf, mine, retrieve_bm25
 
-PAIR_COLUMNS = {"query_id": "string", "doc_id": "string", "query": "string", "document": "string", "rank": "int32", "first_stage_score": "float", "relevance": "float"}
+PAIR_COLUMNS = {
+    "query_id": "string",
+    "doc_id": "string",
+    "query": "string",
+    "document": "string",
+    "rank": "int32",
+    "first_stage_score": "float",
+    "relevance": "float",
+}
 
 
 def _data(domain) -> DataConfig:
@@ -68,7 +76,13 @@ def test_artifacts_follow_the_run_folder_contract(bm25_run, stdlib_domain):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["mine"]["status"] == "ok"
     assert set(manifest["stages"]["mine"]["outputs"].values()) == {
-        "split.json", "train_pairs.parquet", "heldout_candidates.parquet", "qrels_heldout.json", "dev_candidates.parquet", "qrels_dev.json", "mine.json"
+        "split.json",
+        "train_pairs.parquet",
+        "heldout_candidates.parquet",
+        "qrels_heldout.json",
+        "dev_candidates.parquet",
+        "qrels_dev.json",
+        "mine.json",
     }
 
 
@@ -228,7 +242,9 @@ def test_dense_embeddings_are_cached_by_content(stdlib_domain, tiny_base, tmp_pa
 
 
 def test_hybrid_is_reciprocal_rank_fusion(stdlib_domain, tiny_base, tmp_path):
-    result = mine(tmp_path / "h", _data(stdlib_domain), MineConfig(retriever="hybrid", embedder=str(tiny_base), train_top_k=10, eval_top_k=10, cache_dir=tmp_path / "c"))
+    result = mine(
+        tmp_path / "h", _data(stdlib_domain), MineConfig(retriever="hybrid", embedder=str(tiny_base), train_top_k=10, eval_top_k=10, cache_dir=tmp_path / "c")
+    )
     held = pq.read_table(tmp_path / "h" / "heldout_candidates.parquet").to_pandas()
     assert (held["first_stage_score"] <= 2 / 61 + 1e-6).all() and (held["first_stage_score"] > 0).all()
     assert result.metrics["heldout_queries"] == 24
@@ -304,12 +320,27 @@ def test_offline_hub_embedder_is_a_clear_error(stdlib_domain, tmp_path):
 
 def test_cli_mine_json_and_offline_default(stdlib_domain, tmp_path):
     code, payload = run_json(
-        "mine", "--run", tmp_path / "r", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"],
-        "--retriever", "bm25", "--train-top-k", "5", "--eval-top-k", "5",
+        "mine",
+        "--run",
+        tmp_path / "r",
+        "--corpus",
+        stdlib_domain["corpus"],
+        "--queries",
+        stdlib_domain["queries"],
+        "--qrels",
+        stdlib_domain["qrels"],
+        "--retriever",
+        "bm25",
+        "--train-top-k",
+        "5",
+        "--eval-top-k",
+        "5",
     )
     assert code == 0, payload["errors"]
     assert payload["artifacts"]["train_pairs"].endswith("train_pairs.parquet") and payload["metrics"]["heldout_queries"] == 24
     # The default first stage (hybrid, google/embeddinggemma-300m) cannot load offline: exit 4, nothing written.
-    code, payload = run_json("mine", "--run", tmp_path / "d", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"])
+    code, payload = run_json(
+        "mine", "--run", tmp_path / "d", "--corpus", stdlib_domain["corpus"], "--queries", stdlib_domain["queries"], "--qrels", stdlib_domain["qrels"]
+    )
     assert code == 4 and "embeddinggemma" in payload["errors"][0]["message"] and "local" in payload["errors"][0]["fix"]
     assert not (tmp_path / "d" / "train_pairs.parquet").exists()

@@ -88,7 +88,11 @@ def mined(stdlib_domain, tmp_path_factory) -> Path:
     from skill.mine import mine
 
     base = tmp_path_factory.mktemp("reliability")
-    mine(base / "full", DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"]), MineConfig(retriever="bm25", train_top_k=6, eval_top_k=6))
+    mine(
+        base / "full",
+        DataConfig(corpus=stdlib_domain["corpus"], queries=stdlib_domain["queries"], qrels=stdlib_domain["qrels"]),
+        MineConfig(retriever="bm25", train_top_k=6, eval_top_k=6),
+    )
     dest = base / "mined"
     shutil.copytree(base / "full", dest, ignore=shutil.ignore_patterns("*.parquet", "cache"))
     for name in ("train_pairs.parquet", "heldout_candidates.parquet"):
@@ -234,7 +238,12 @@ def _fill(folder: Path, leave: int) -> Path:
 def test_disk_full_while_writing_the_score_tables(mined, tmp_path):
     rows = pq.read_table(mined / "train_pairs.parquet").to_pylist() + pq.read_table(mined / "heldout_candidates.parquet").to_pylist()
     scores = tmp_path / "scores.jsonl"
-    scores.write_text("".join(json.dumps({"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": i % 5 - 2.5}) + "\n" for i, r in enumerate(rows)))
+    scores.write_text(
+        "".join(
+            json.dumps({"query_id": r["query_id"], "doc_id": r["doc_id"], "query": r["query"], "document": r["document"], "label": i % 5 - 2.5}) + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
     with small_disk(tmp_path / "disk", 1024) as disk:
         run = disk / "run"
         shutil.copytree(mined, run)
@@ -379,7 +388,15 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
     render(
         run,
         TrainConfig(
-            base=str(tiny_base), max_steps=8, eval_every=4, max_seq_length=64, per_device_batch=8, global_batch=8, eval_queries=4, early_stopping_patience=0, push_to_hub="someone/private-reranker"
+            base=str(tiny_base),
+            max_steps=8,
+            eval_every=4,
+            max_seq_length=64,
+            per_device_batch=8,
+            global_batch=8,
+            eval_queries=4,
+            early_stopping_patience=0,
+            push_to_hub="someone/private-reranker",
         ),
     )
     env = {"HF_TOKEN": TOKEN, "HUGGING_FACE_HUB_TOKEN": TOKEN}
@@ -395,7 +412,9 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
         assert time.time() < deadline, "train.py outlived the killed `train` command"
         time.sleep(0.1)
 
-    complete = sorted((p for p in (run / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    complete = sorted(
+        (p for p in (run / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.rsplit("-", 1)[1])
+    )
     partial = None
     if phase == "at-a-checkpoint" and complete and int(complete[-1].name.rsplit("-", 1)[1]) < 8:
         # What a kill in the middle of the next save leaves: a checkpoint folder without its trainer state, weights cut short.
@@ -406,7 +425,9 @@ def test_kill_train_at_a_random_point_then_resume(toy_scored_run, tiny_base, tmp
         weights = (complete[-1] / "model.safetensors").read_bytes()
         (partial / "model.safetensors").write_bytes(weights[: len(weights) // 3])
 
-    proc = subprocess.run([*CLI, "train", "--run", str(run), "--resume", "--json"], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=600)
+    proc = subprocess.run(
+        [*CLI, "train", "--run", str(run), "--resume", "--json"], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads(proc.stdout)
     m = payload["metrics"]

@@ -129,7 +129,9 @@ def test_ensemble_is_weighted_per_query_zscores(mined, ce_run, bi_run, tiny_base
     # Committed chunks are keyed by teacher + pairs, so the single-teacher runs' chunks are reused as they are.
     for src in (ce_run[0], bi):
         shutil.copytree(src / "score_work", ens / "score_work", dirs_exist_ok=True)
-    result = score(ens, _cfg(TeacherSpec(model=str(tiny_reranker), weight=2.0), TeacherSpec(model=str(tiny_base), type="bi-encoder", weight=1.0), chunk_size=200))
+    result = score(
+        ens, _cfg(TeacherSpec(model=str(tiny_reranker), weight=2.0), TeacherSpec(model=str(tiny_base), type="bi-encoder", weight=1.0), chunk_size=200)
+    )
     groups = np.asarray(pq.read_table(ens / "scores.parquet").column("query_id").to_pylist(), dtype=object)
     expected = (2 * normalise_per_query(_labels(ce_run[0]), groups) + normalise_per_query(_labels(bi), groups)) / 3
     np.testing.assert_allclose(_labels(ens), expected, atol=1e-5)
@@ -167,7 +169,9 @@ def test_file_teacher(mined, tmp_path):
 def test_collapse_and_sigmoid_warnings_fire(mined, tmp_path):
     rng = np.random.default_rng(1)
     offsets: dict[str, float] = {}
-    collapsed = _scores_file(mined, tmp_path / "collapsed.jsonl", lambda i, r: offsets.setdefault(r["query_id"], float(rng.normal(0, 5))) + float(rng.normal(0, 1e-4)))
+    collapsed = _scores_file(
+        mined, tmp_path / "collapsed.jsonl", lambda i, r: offsets.setdefault(r["query_id"], float(rng.normal(0, 5))) + float(rng.normal(0, 1e-4))
+    )
     run = _copy(mined, tmp_path / "a")
     result = score(run, _cfg(TeacherSpec(model=str(collapsed))))
     assert any("collapsed" in w for w in result.warnings)
