@@ -16,7 +16,7 @@ from skill.domain import build_stdlib_domain
 from skill.envelope import Result
 from skill.errors import ExitCode
 
-RECIPE = "quickstart-offline.yaml"
+RECIPE = "cpu-offline.yaml"
 CONNECTED = (
     "reranker-skill run recipes/ettin-17m-gpu.yaml --set run=runs/mydomain "
     "--set data.corpus=corpus.jsonl --set data.queries=queries.jsonl --set data.qrels=qrels.tsv"

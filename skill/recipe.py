@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from skill.config import RunConfig
 from skill.errors import ExitCode, SkillError, invalid, missing
-from skill.loading import PACKAGED_PREFIX, resolve_packaged
 
 MAX_RECIPE_BYTES = 16 * 1024  # the bundled recipes are ~1 KB; the worst 16 KB of YAML parses in well under a second
 MAX_YAML_NODES = 10_000  # scalars, lists and mappings after every alias is expanded
@@ -22,7 +21,7 @@ class _BoundedLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses documents whose aliases would expand past MAX_YAML_NODES.
 
     Aliases share one object when loaded (a 601-byte "billion laughs" loads in milliseconds) but every
-    later walk over the data (overrides, `packaged:` resolution, validation) visits each copy: the
+    later walk over the data (overrides, validation, dumps) visits each copy: the
     size that matters is the expanded one, counted here on the composed node graph before anything
     is built from it. Nesting deeper than MAX_YAML_DEPTH is refused while composing (before the rest is read).
     """
@@ -99,17 +98,7 @@ def safe_yaml(text: str, *, where: str) -> Any:
         loader.dispose()
 
 
-__all__ = ["PACKAGED_PREFIX", "apply_override", "load_recipe", "resolve_packaged"]
-
-
-def _resolve(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _resolve(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_resolve(v) for v in obj]
-    if isinstance(obj, str) and obj.startswith(PACKAGED_PREFIX):
-        return resolve_packaged(obj)
-    return obj
+__all__ = ["apply_override", "load_recipe"]
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -166,7 +155,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise invalid("a recipe is a YAML mapping", where=str(path), fix="start from one of the bundled recipes")
     for assignment in overrides:
         apply_override(data, assignment)
-    data = _resolve(data)
+    # `packaged:NAME` stays as written: each stage resolves it as its CLI flag does, so a recipe and the
+    # same flags record the same configuration (and a run of either finds the other's stages up to date).
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -259,9 +259,10 @@ def measure_stage(run: Run, *, timeout: float = 900) -> dict:
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    script = run.file(SCRIPT).resolve()  # absolute: the script runs in the run folder, and --run may be relative
     try:
         proc = subprocess.run(
-            [sys.executable, str(run.file(SCRIPT)), "--estimate"], cwd=run.path, env=env, capture_output=True, text=True, timeout=timeout, errors="replace"
+            [sys.executable, str(script), "--estimate"], cwd=run.path, env=env, capture_output=True, text=True, timeout=timeout, errors="replace"
         )
     except subprocess.TimeoutExpired:
         raise SkillError(
@@ -270,7 +271,7 @@ def measure_stage(run: Run, *, timeout: float = 900) -> dict:
     found = [line for line in proc.stdout.splitlines() if line.startswith("ESTIMATE ")]
     if proc.returncode != 0 or not found:
         last = next((line for line in reversed((proc.stdout + proc.stderr).splitlines()) if line.strip()), "(no output)")
-        raise SkillError(f"train.py --estimate failed: {last[:300]}", fix=f"run `python {run.file(SCRIPT)} --estimate` to see why")
+        raise SkillError(f"train.py --estimate failed: {last[:300]}", fix=f"run `python {script} --estimate` to see why")
     plan = next((line for line in proc.stdout.splitlines() if line.startswith("plan: ")), "")
     return {**json.loads(found[-1].removeprefix("ESTIMATE ")), "plan": plan}
 

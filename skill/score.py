@@ -282,7 +282,12 @@ class ChunkScorer:
         tokens = sum(int(lengths[slice(*self.chunk_range(c, len(order)))].sum()) for c in todo)
         started = time.perf_counter()
         with Progress(
-            total=total, done=total - remaining, remaining_tokens=tokens, workers=["one worker in this process"], desc=f"score {Path(self.teacher.name).name}"
+            total=total,
+            done=total - remaining,
+            remaining_tokens=tokens,
+            workers=["one worker in this process"],
+            desc=f"score {Path(self.teacher.name).name}",
+            upper_bound=getattr(self.teacher, "EMBEDS_TEXTS_ONCE", False),
         ) as bar:
             for c in todo:
                 bar.begin_chunk(lengths[slice(*self.chunk_range(c, len(order)))])

@@ -81,6 +81,8 @@ def detect_type(name: str) -> str:
 
 @dataclass
 class ModelTeacher:
+    EMBEDS_TEXTS_ONCE = False  # True where the cost is per distinct text, not per pair (a bi-encoder)
+
     name: str
     type: str
     weight: float
@@ -377,6 +379,8 @@ class MxbaiTeacher(ModelTeacher):
 
 class BiEncoderTeacher(ModelTeacher):
     """A sentence-transformers bi-encoder: cosine(query, document). For air-gapped or weak setups."""
+
+    EMBEDS_TEXTS_ONCE = True
 
     @classmethod
     def load(cls, spec: TeacherSpec, *, max_length: int, device: str | None, dtype: str) -> BiEncoderTeacher:

@@ -24,7 +24,7 @@ def test_wheel_carries_the_skill_and_finds_it(tmp_path):
     for expected in (
         "skill/_bundle/SKILL.md",
         "skill/_bundle/templates/train_reranker.py.j2",
-        "skill/_bundle/recipes/quickstart-offline.yaml",
+        "skill/_bundle/recipes/cpu-offline.yaml",
         "skill/ettin_sizes.yaml",
     ):
         assert expected in names

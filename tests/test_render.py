@@ -168,7 +168,7 @@ def test_default_render_is_short_and_its_smoke_step_runs_over_90_percent_of_it(r
     import yaml
 
     default = render_script(resolve(TrainConfig()))
-    recipe = yaml.safe_load((REPO / "recipes" / "quickstart-offline.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "recipes" / "cpu-offline.yaml").read_text())
     quickstart = render_script(resolve(TrainConfig.model_validate(recipe["train"])))
     print(f"lines: default 17m render {len(default.splitlines())}, quickstart recipe render {len(quickstart.splitlines())}")
     assert len(default.splitlines()) <= 260 and len(quickstart.splitlines()) <= 330

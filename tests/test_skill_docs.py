@@ -44,10 +44,16 @@ def test_every_recipe_validates(recipe, tmp_path):
     assert cfg.stages[0] == "mine" and cfg.score.teachers
 
 
-def doc_commands(path: Path) -> list[list[str]]:
-    """Every `reranker-skill ...` command in the doc's bash blocks, continuation lines joined, `&&` split."""
+OFFLINE_BLOCK = "# CPU, offline"  # SKILL.md's no-GPU, no-hub block: walked on its own by tests/test_walkthrough.py
+
+
+def doc_commands(path: Path, *, offline: bool = False) -> list[list[str]]:
+    """Every `reranker-skill ...` command in the doc's bash blocks, continuation lines joined, `&&` split
+    (with `offline`, only those of the CPU, offline block; without, all the others)."""
     commands: list[list[str]] = []
     for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.DOTALL):
+        if block.startswith(OFFLINE_BLOCK) != offline:
+            continue
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split(" #", 1)[0].strip()

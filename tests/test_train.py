@@ -135,7 +135,7 @@ def test_smoke_never_crashes_on_the_recommended_small_budget_settings(run, tiny_
     import yaml
     from conftest import REPO
 
-    settings = yaml.safe_load((REPO / "recipes" / "quickstart-offline.yaml").read_text())["train"]
+    settings = yaml.safe_load((REPO / "recipes" / "cpu-offline.yaml").read_text())["train"]
     render(run, TrainConfig.model_validate({**settings, "base": str(tiny_base), "max_seq_length": 48, "eval_queries": 4}))
     code, payload = run_json("train", "--run", run, "--smoke")
     assert code == 0, payload
