@@ -25,7 +25,7 @@ def test_skill_md_offline_block_runs_on_a_new_domain(tmp_path):
     assert all("packaged:all-MiniLM-L6-v2" in " ".join(words) for words in commands if words[0] in ("inspect", "score", "render"))
 
     work = tmp_path / "work"
-    paths = build_docstring_domain(work, packages=("numpy",), max_pairs=240)
+    paths = build_docstring_domain(work, packages=("numpy",), max_pairs=150)
     assert {p.name for p in paths.values()} == {"corpus.jsonl", "queries.jsonl", "qrels.tsv"}  # the names the block uses
     transcript = []
     for words in commands:
