@@ -281,14 +281,7 @@ class ChunkScorer:
             self.backend_facts = self.teacher.before_scoring([(self.pairs.queries[j], self.pairs.docs[j]) for j in order[lo:end]])
         tokens = sum(int(lengths[slice(*self.chunk_range(c, len(order)))].sum()) for c in todo)
         started = time.perf_counter()
-        with Progress(
-            total=total,
-            done=total - remaining,
-            remaining_tokens=tokens,
-            workers=["one worker in this process"],
-            desc=f"score {Path(self.teacher.name).name}",
-            upper_bound=getattr(self.teacher, "EMBEDS_TEXTS_ONCE", False),
-        ) as bar:
+        with Progress.for_teacher(self.teacher, total=total, remaining=remaining, tokens=tokens, workers=["one worker in this process"]) as bar:
             for c in todo:
                 bar.begin_chunk(lengths[slice(*self.chunk_range(c, len(order)))])
                 self.commit(c, self.score_chunk(c, order, lengths, bar))

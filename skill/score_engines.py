@@ -169,6 +169,18 @@ class Progress:
             _say(f"score: {self.remaining:,} pairs to score ({total:,} in this shard, {done:,} already committed) on {where}; timing the first batches…")
         self.bar = tqdm(total=total, initial=done, unit="pair", unit_scale=True, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=not self.remaining)
 
+    @classmethod
+    def for_teacher(cls, teacher, *, total: int, remaining: int, tokens: int, workers: list[str], where: str = "") -> Progress:
+        """The bar and estimate for scoring `remaining` of `total` pairs (`tokens` of text) with `teacher`."""
+        return cls(
+            total=total,
+            done=total - remaining,
+            remaining_tokens=tokens,
+            workers=workers,
+            desc=f"score {Path(teacher.name).name}{where}",
+            upper_bound=getattr(teacher, "EMBEDS_TEXTS_ONCE", False),
+        )
+
     def __enter__(self) -> Progress:
         return self
 
@@ -436,14 +448,7 @@ class ProcessEngine(InProcessEngine):
         started = time.perf_counter()
         labels = [f"{d}" for d in self.devices]
         try:
-            with Progress(
-                total=total,
-                done=total - remaining,
-                remaining_tokens=tokens,
-                workers=labels,
-                desc=f"score {Path(scorer.teacher.name).name}",
-                upper_bound=getattr(scorer.teacher, "EMBEDS_TEXTS_ONCE", False),
-            ) as bar:
+            with Progress.for_teacher(scorer.teacher, total=total, remaining=remaining, tokens=tokens, workers=labels) as bar:
                 for p in procs:
                     p.start()
                 while any(p.is_alive() for p in procs):
@@ -782,14 +787,7 @@ class RayEngine:
         started = time.perf_counter()
         done_pairs, chunks = 0, 0
         labels = [f"ray:{'gpu' if self.gpus else 'cpu'}"] * len(teacher.actors)
-        with Progress(
-            total=total,
-            done=total - remaining,
-            remaining_tokens=tokens,
-            workers=labels,
-            desc=f"score {Path(teacher.name).name} (ray)",
-            upper_bound=getattr(scorer.teacher, "EMBEDS_TEXTS_ONCE", False),
-        ) as bar:
+        with Progress.for_teacher(teacher, total=total, remaining=remaining, tokens=tokens, workers=labels, where=" (ray)") as bar:
             try:
                 for out in ActorPool(teacher.actors).map_unordered(submit, todo):
                     if "error" in out:
