@@ -94,6 +94,26 @@ class _RunFolder(click.Path):
 RUN_FOLDER = _RunFolder(path_type=Path)
 
 
+class _EnsembleWeight(click.ParamType):
+    """An ensemble weight: a number above 0, or `auto` (chosen by `score` on the training queries)."""
+
+    name = "NUMBER|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+        if not (number > 0 and number < float("inf")):
+            self.fail(f"{value!r}: a weight is above 0 (leave the teacher out instead) and finite", param, ctx)
+        return number
+
+
+ENSEMBLE_WEIGHT = _EnsembleWeight()
+
+
 def _option_error(exc: ValueError) -> str:
     """`--flag: what is wrong` from a pydantic ValidationError (its last line is only a documentation link)."""
     errors = getattr(exc, "errors", None)
@@ -222,15 +242,27 @@ def mine_cmd(
 
 @envelope_command("score")
 @click.option("--run", "run_dir", type=RUN_FOLDER, required=True, help="Run folder that `mine` wrote.")
-@click.option("--teacher", "teachers", multiple=True, required=True, help="Teacher: hub id, local model folder, or a scores file. Repeat for an ensemble.")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    help="Teacher: hub id, local model folder, scores file, or `first-stage` (the first stage's own scores, in an ensemble). Repeat for an ensemble.",
+)
 @click.option(
     "--teacher-type",
     "teacher_types",
     multiple=True,
-    type=click.Choice(["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]),
+    type=click.Choice(["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file", "first-stage"]),
     help="One per --teacher (or one for all). Default auto.",
 )
-@click.option("--weight", "weights", multiple=True, type=click.FloatRange(min=0, min_open=True), help="Ensemble weight, one per --teacher (default 1).")
+@click.option(
+    "--weight",
+    "weights",
+    multiple=True,
+    type=ENSEMBLE_WEIGHT,
+    help="Ensemble weight, one per --teacher (default 1); `auto` once: chosen for best NDCG@10 on the training queries.",
+)
 @click.option(
     "--score-space", type=click.Choice(["raw_logit", "probability", "cosine", "normalised"]), help="Score space of a `file` teacher (inferred when omitted)."
 )
@@ -277,7 +309,7 @@ def score_cmd(
     run_dir: Path,
     teachers: tuple[str, ...],
     teacher_types: tuple[str, ...],
-    weights: tuple[float, ...],
+    weights: tuple[float | str, ...],
     score_space: str | None,
     force: bool,
     merge_only: bool,
@@ -292,7 +324,13 @@ def score_cmd(
         device_list = [d.strip() for d in devices.split(",")] if devices is not None else None
         config = ScoreConfig(teachers=teacher_specs(teachers, teacher_types, weights, score_space), devices=device_list, **options)
     except ValueError as exc:
-        raise SkillError(_option_error(exc), code=ExitCode.USAGE, fix="see `reranker-skill score --help` (--shard takes i/n, e.g. 1/4)") from None
+        message = _option_error(exc)
+        fix = (
+            "write --shard i/n, e.g. --shard 1/4"
+            if message.startswith("--shard")
+            else "change the flags as the message says (see `reranker-skill score --help`)"
+        )
+        raise SkillError(message, code=ExitCode.USAGE, fix=fix) from None
     return score(run_dir, config, force=force, merge_only=merge_only)
 
 

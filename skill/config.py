@@ -65,7 +65,9 @@ class MineConfig(_Section):
         return value
 
 
-TeacherType = Literal["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file"]
+TeacherType = Literal["auto", "cross-encoder", "mxbai-v2", "bi-encoder", "file", "first-stage"]
+FIRST_STAGE_TEACHER = "first-stage"  # the `--teacher` name of the first stage's own scores (an ensemble member)
+MAX_AUTO_WEIGHTED = 4  # `--weight auto` searches a 0.1 grid over the weights of at most this many teachers
 
 
 ScoreSpace = Literal["raw_logit", "probability", "cosine", "normalised"]
@@ -74,8 +76,32 @@ ScoreSpace = Literal["raw_logit", "probability", "cosine", "normalised"]
 class TeacherSpec(_Section):
     model: str
     type: TeacherType = "auto"
-    weight: float = Field(1.0, gt=0)
+    # An ensemble member's weight; "auto": `score` chooses every member's weight on the training queries.
+    weight: float | Literal["auto"] = 1.0
     score_space: ScoreSpace | None = None  # for `file` teachers; inferred when unset
+
+    @field_validator("weight")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and not value > 0:
+            raise ValueError(f"weight {value}: a teacher's weight must be above 0 (leave a teacher out instead), or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _first_stage(self) -> TeacherSpec:
+        if self.model == FIRST_STAGE_TEACHER and self.type == "auto":
+            self.type = "first-stage"
+        if self.model == FIRST_STAGE_TEACHER and self.type != "first-stage":
+            raise ValueError(
+                f"{FIRST_STAGE_TEACHER} is the first stage's own scores, not a {self.type}: a model folder of that name is ./{FIRST_STAGE_TEACHER}"
+            )
+        if self.type == "first-stage" and self.model != FIRST_STAGE_TEACHER:
+            raise ValueError(f"teacher type first-stage takes the model name {FIRST_STAGE_TEACHER!r} (the mined candidates' own scores), not {self.model!r}")
+        return self
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.type == "first-stage"
 
 
 class ScoreConfig(_Section):
@@ -96,6 +122,25 @@ class ScoreConfig(_Section):
     ray_address: str | None = None  # default: RAY_ADDRESS, else a local cluster started for the run
     workers: int | None = Field(None, ge=1)  # Ray actors (default: one per GPU of the cluster, else one per node)
     fail_on_gate: bool = False  # exit 7 when the teacher does not beat the first stage on the dev queries
+
+    @model_validator(mode="after")
+    def _ensemble(self) -> ScoreConfig:
+        auto = [t.weight == "auto" for t in self.teachers]
+        if any(auto) and not all(auto):
+            raise ValueError("weight auto is for every teacher of the ensemble or none: give numbers to all, or auto once")
+        if any(auto) and not 2 <= len(self.teachers) <= MAX_AUTO_WEIGHTED:
+            raise ValueError(f"weight auto chooses the weights of 2 to {MAX_AUTO_WEIGHTED} teachers; {len(self.teachers)} given")
+        if sum(t.is_first_stage for t in self.teachers) > 1:
+            raise ValueError(f"{FIRST_STAGE_TEACHER} is given twice: name it once (its weight sets how much it counts)")
+        if self.teachers and all(t.is_first_stage for t in self.teachers):
+            raise ValueError(
+                f"the first stage alone cannot teach the student more than the first stage: pair {FIRST_STAGE_TEACHER} with a model teacher or scores file"
+            )
+        return self
+
+    @property
+    def auto_weights(self) -> bool:
+        return any(t.weight == "auto" for t in self.teachers)
 
 
 class TrainConfig(_Section):

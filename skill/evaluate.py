@@ -366,7 +366,8 @@ def teacher_profile(run: Run) -> dict:
         members.append({"id": tid, "type": ttype, "local": folder is not None, "size_mb": folder_size_mb(folder) if folder else None})
     external = any(m["type"] == "file" for m in members)
     structure = "external" if external else max((m["type"] for m in members if m["type"] in STRUCTURE), key=STRUCTURE.get, default="cross-encoder")
-    cheap = bool(members) and all(m["local"] and m["type"] in ("bi-encoder", "cross-encoder") and (m["size_mb"] or 0) <= TEACHER_AUTO_MAX_MB for m in members)
+    models = [m for m in members if m["type"] != "first-stage"]  # the first stage's scores come with the candidates
+    cheap = bool(models) and all(m["local"] and m["type"] in ("bi-encoder", "cross-encoder") and (m["size_mb"] or 0) <= TEACHER_AUTO_MAX_MB for m in models)
     return {"members": members, "structure": structure, "external": external, "cheap_to_time": cheap}
 
 
@@ -395,6 +396,9 @@ def _teacher_cost(run: Run, ho: HeldOut, cfg: EvaluateConfig, notes: list[str]) 
     index_docs_per_s = None
     for t in teachers:
         tid, ttype = str(t.get("id") or t.get("model") or ""), t.get("type", "auto")
+        if ttype == "first-stage":
+            modes.append("first stage: its scores come with the candidates (a per-query z-score blend, no model)")
+            continue
         if ttype == "file" or not tid:
             notes.append(f"teacher {tid or '?'} is a scores file (an external scorer): there is no local model to time")
             return None
@@ -844,6 +848,7 @@ def _needs(s: System, k: int) -> str:
         "bi-encoder": f"the embedding model, with document embeddings computed once at index time; per query one query embedding and {k} dot products",
         "mxbai-v2": f"the mxbai-rerank LLM scoring {k} pairs per query (a GPU in practice)",
         "cross-encoder": f"the teacher cross-encoder scoring {k} pairs per query",
+        "first-stage": "every candidate's first-stage score, blended per query",
     }
     members = s.serving.get("members") or [{"type": "cross-encoder"}]
     texts = [member_needs.get(m["type"], member_needs["cross-encoder"]) for m in members]

@@ -104,5 +104,5 @@ def gate_warning(gate: dict) -> str | None:
         return None
     numbers = f"{METRIC} {gate[f'teacher_{METRIC}']:.4f} vs first stage {gate[f'first_stage_{METRIC}']:.4f} on {gate['queries']} dev queries (Δ {gate['delta']:+.4f}, p {gate['p_value']:.3g})"
     if status == "fail":
-        return f"the teacher does not beat the first stage ({numbers}): distilling it cannot help: change the teacher or the first stage before training"
-    return f"the teacher is not clearly better than the first stage ({numbers}): distilling it may not help; a stronger teacher, an ensemble, or more dev queries (mine --dev-queries) would tell"
+        return f"the teacher does not beat the first stage ({numbers}): distilling it cannot help: change the teacher (or blend it with the first stage: score --teacher first-stage --weight auto beside it) before training"
+    return f"the teacher is not clearly better than the first stage ({numbers}): distilling it may not help; a stronger teacher, the teacher blended with the first stage (score --teacher first-stage --weight auto beside it), or more dev queries (mine --dev-queries) would tell"

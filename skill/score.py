@@ -39,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from skill.config import ScoreConfig, TeacherSpec
+from skill.config import FIRST_STAGE_TEACHER, ScoreConfig, TeacherSpec
 from skill.envelope import Result
 from skill.errors import ExitCode, SkillError, invalid
 from skill.io import atomic_path, hash_obj, read_json, read_parquet, write_json, write_parquet
 from skill.manifest import Run, Stage
 from skill.runfolder import CACHE, DEV_CANDIDATES, HELDOUT_CANDIDATES, QRELS_DEV, SCORE_WORK, SCORES_META, SPLIT, STAGE_OUTPUTS, TRAIN_PAIRS, ScoresMeta, Split
-from skill.teacher import FileTeacher, ModelTeacher, Teacher, load_teacher, normalise_per_query
+from skill.teacher import LOOKUP_TEACHERS, FileTeacher, FirstStageTeacher, ModelTeacher, Teacher, load_teacher
 
 OUTPUTS = dict(STAGE_OUTPUTS["score"])  # dev_scores only when the run has a dev split (the teacher gate's table)
 WORK = SCORE_WORK
@@ -54,15 +54,21 @@ COLLAPSE_ABS = 1e-3
 
 
 def teacher_specs(teachers, types, weights, score_space: str | None) -> list[TeacherSpec]:
-    """Pair up repeated --teacher / --teacher-type / --weight flags."""
+    """Pair up repeated --teacher / --teacher-type / --weight flags (one `--weight auto` stands for every teacher)."""
     teachers, types, weights = list(teachers), list(types), list(weights)
     if len(types) not in (0, 1, len(teachers)):
         raise SkillError(
             f"{len(types)} --teacher-type for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --teacher-type per --teacher, or one for all"
         )
+    if weights == ["auto"]:
+        weights = weights * len(teachers)
     if len(weights) not in (0, len(teachers)):
-        raise SkillError(f"{len(weights)} --weight for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --weight per --teacher")
+        raise SkillError(
+            f"{len(weights)} --weight for {len(teachers)} --teacher", code=ExitCode.USAGE, fix="give one --weight per --teacher, or --weight auto once"
+        )
     types = types * len(teachers) if len(types) == 1 else types or ["auto"] * len(teachers)
+    if len(set(types)) == 1:  # one type for all: the first stage keeps its own (it is no model)
+        types = ["first-stage" if m == FIRST_STAGE_TEACHER else k for m, k in zip(teachers, types, strict=True)]
     weights = weights or [1.0] * len(teachers)
     specs = []
     for model, kind, weight in zip(teachers, types, weights, strict=True):
@@ -381,7 +387,7 @@ def _onnx_teachers(teachers: list[Teacher], cache_dir: Path, warnings: list[str]
 
     out: list[Teacher] = []
     for t in teachers:
-        reason = "a scores file is not scored by a model" if isinstance(t, FileTeacher) else onnx_fallback_reason(t)
+        reason = f"{t.type} scores are read, not computed by a model" if isinstance(t, LOOKUP_TEACHERS) else onnx_fallback_reason(t)
         if reason:
             warnings.append(f"--backend onnx does not apply to {t.name!r} ({reason}): it is scored with torch")
             out.append(t)
@@ -425,7 +431,7 @@ def score(run_dir: str | Path, config: ScoreConfig, *, force: bool = False, merg
         cfg_dump.pop(key, None)  # how the work is split or batched does not change the labels
     if cfg_dump.get("backend") == "torch":
         cfg_dump.pop("backend")  # the default: manifests written before --backend existed stay fresh
-    cfg_dump["teacher_identity"] = [model_identity(t.model) for t in config.teachers]
+    cfg_dump["teacher_identity"] = [t.model if t.is_first_stage else model_identity(t.model) for t in config.teachers]
     inputs = {"train_pairs": train_path, "heldout_candidates": held_path}
     if has_dev:
         inputs.update(dev_candidates=dev_path, qrels_dev=qrels_dev_path)
@@ -475,9 +481,11 @@ def _score(
     warnings: list[str] = list(source_warnings)
     if config.backend == "onnx":
         teachers = _onnx_teachers(teachers, run.file(CACHE), warnings)
-    looked_up = {
-        id(t): _file_teacher_scores(t, train, held, dev, warnings) for t in teachers if isinstance(t, FileTeacher)
-    }  # validated before anything is written
+    looked_up = {  # validated before anything is written
+        id(t): _file_teacher_scores(t, train, held, dev, warnings) if isinstance(t, FileTeacher) else _first_stage_scores(t, train, held, dev, run)
+        for t in teachers
+        if isinstance(t, LOOKUP_TEACHERS)
+    }
     # One run scores inside its transaction (a failure is recorded); shards score their chunks outside it
     # (chunks are keyed by teacher and pairs, never outputs) and only the merge publishes.
     with contextlib.ExitStack() as transaction:
@@ -546,6 +554,45 @@ def _file_teacher_scores(t: FileTeacher, train, held, dev, warnings: list[str]) 
     return tr, hd, (_lookup(t, dev) if dev is not None else None)
 
 
+def _first_stage_scores(t: FirstStageTeacher, train, held, dev, run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The mined tables' own first-stage scores (a not-retrieved training positive at its query's lowest)."""
+    return (
+        t.table_scores(train, where=str(run.file(TRAIN_PAIRS))),
+        t.table_scores(held, where=str(run.file(HELDOUT_CANDIDATES))),
+        t.table_scores(dev, where=str(run.file(DEV_CANDIDATES))) if dev is not None else None,
+    )
+
+
+def choose_weights_on_training_queries(train, raw_train: list[np.ndarray], *, k: int = 10) -> dict:
+    """`--weight auto`: the ensemble weights with the best NDCG@k of the blended teacher on the training queries.
+
+    Each query's candidates are those the first stage retrieved (rank ≥ 1), judged by every positive
+    `mine` put in its training pairs (one it did not retrieve counts in the ideal ranking). The
+    teachers are fixed models, so the training queries are fair to choose on, and many: the dev
+    queries stay untouched for the teacher gate and the held-out ones for `evaluate`.
+    """
+    from skill import metrics as M
+
+    qids = np.asarray(train.column("query_id").to_pylist(), dtype=object)
+    dids = train.column("doc_id").to_pylist()
+    ranks = np.asarray(train.column("rank").to_pylist())
+    grades = np.asarray(train.column("relevance").to_numpy(zero_copy_only=False), dtype=np.float64)
+    qrels: dict[str, dict[str, float]] = {}
+    for q, d, g in zip(qids, dids, grades, strict=True):
+        if g > 0:
+            qrels.setdefault(q, {})[d] = float(g)
+    retrieved = np.flatnonzero(ranks >= 1)
+    groups = M.per_query_groups(list(qids[retrieved]))
+    return M.choose_ensemble_weights(
+        [s[retrieved] for s in raw_train],
+        doc_ids=[dids[i] for i in retrieved],
+        first_stage_rank=ranks[retrieved],
+        groups=groups,
+        qrels=qrels,
+        k=k,
+    )
+
+
 def _label_and_publish(
     run: Run,
     stage: Stage,
@@ -576,7 +623,7 @@ def _label_and_publish(
     incomplete: list[str] = []
     timing = {"pairs_scored": 0, "seconds": 0.0, "chunks_scored": 0}
     for t in teachers:
-        if isinstance(t, FileTeacher):
+        if isinstance(t, LOOKUP_TEACHERS):
             tr, hd, dv = looked_up[id(t)]
             raw_train.append(tr)
             raw_held.append(hd)
@@ -613,23 +660,33 @@ def _label_and_publish(
         text = f"score: shard {config.shard or '1/1'} done; waiting for other shards ({'; '.join(incomplete)}). Run `reranker-skill score --run {run.path} --teacher ... --merge` once all shards finish."
         return Result(metrics={**metrics, "merged": False, "incomplete": incomplete}, warnings=warnings, text=text)
 
-    # Combine teachers.
+    # Combine teachers: one teacher's own scores, or the ensemble's weighted per-query z-scores (skill.metrics.blend).
+    ensemble = None
+    if len(teachers) > 1:
+        ensemble = {"normalisation": "per-query z-score", "combination": "weighted mean"}
+        if config.auto_weights:
+            chosen = choose_weights_on_training_queries(train, raw_train)
+            for t, w in zip(teachers, chosen["weights"], strict=True):
+                t.weight = w
+            ensemble["weights_chosen"] = {"on": "training queries (the first stage's candidates)", **chosen}
+            metrics["ensemble_weights"] = {t.name: t.weight for t in teachers}
+            for t in teachers:
+                if t.weight == 0:
+                    warnings.append(
+                        f"--weight auto gave {t.name} weight 0: on the training queries it adds nothing to the other teachers, so it is left out of the labels"
+                    )
+
     def combine(table, raw: list[np.ndarray]) -> np.ndarray:
-        """Candidates' teacher scores in the label space: one teacher's own, or the ensemble's weighted per-query z-scores."""
         if len(teachers) == 1:
             return raw[0]
-        groups = np.asarray(table.column("query_id").to_pylist(), dtype=object)
-        combined = sum(t.weight * normalise_per_query(np.nan_to_num(s), groups) for t, s in zip(teachers, raw, strict=True)) / sum(t.weight for t in teachers)
+        from skill.metrics import blend, per_query_groups
+
+        groups = per_query_groups(table.column("query_id").to_pylist())
+        combined = blend([np.nan_to_num(s) for s in raw], groups, [t.weight for t in teachers])
         return np.where(np.any([np.isnan(s) for s in raw], axis=0), np.nan, combined)
 
-    if len(teachers) == 1:
-        label = raw_train[0]
-        space = teachers[0].score_space
-    else:
-        gtrain = np.asarray(train.column("query_id").to_pylist(), dtype=object)
-        wsum = sum(t.weight for t in teachers)
-        label = sum(t.weight * normalise_per_query(s, gtrain) for t, s in zip(teachers, raw_train, strict=True)) / wsum
-        space = "normalised"
+    label = combine(train, raw_train)
+    space = teachers[0].score_space if len(teachers) == 1 else "normalised"
     teacher_score = np.asarray(combine(held, raw_held), dtype=np.float32)
     dev_score = np.asarray(combine(dev, raw_dev), dtype=np.float32) if dev is not None else None
     label = np.asarray(label, dtype=np.float32)
@@ -648,7 +705,7 @@ def _label_and_publish(
     meta = {
         "teachers": [t.describe() for t in teachers],
         "score_space": space,
-        "ensemble": None if len(teachers) == 1 else {"normalisation": "per-query z-score", "combination": "weighted mean"},
+        "ensemble": ensemble,
         "label_stats": overall,
         "per_query_spread": spread,
         "per_query": per_query,
@@ -686,6 +743,10 @@ def _label_and_publish(
         f"  pairs: {rows_train:,} train + {rows_held:,} held-out + {rows_dev:,} dev ({metrics['duplicates_skipped']:,} duplicates scored once)",
         f"  score space: {space}; labels mean {overall['mean']:.3f}, std {overall['std']:.3f}, range [{overall['min']:.3f}, {overall['max']:.3f}]",
     ]
+    if ensemble and "weights_chosen" in ensemble:
+        chosen = ensemble["weights_chosen"]
+        weights = ", ".join(f"{t.name} {t.weight:g}" for t in teachers)
+        lines.append(f"  ensemble weights (auto): {weights} — NDCG@10 {chosen['ndcg@10']:.4f} on {chosen['chosen_on']:,} training queries")
     if spread:
         lines.append(
             f"  within-query std: median {spread['within_query_std_p50']:.3f} (p10 {spread['within_query_std_p10']:.3f}, p90 {spread['within_query_std_p90']:.3f})"

@@ -740,10 +740,10 @@ class RayEngine:
     def load(self, spec: TeacherSpec):
         import ray
 
-        from skill.teacher import detect_type, load_teacher
+        from skill.teacher import load_teacher, needs_model
 
-        if spec.type == "file" or (spec.type == "auto" and Path(spec.model).expanduser().is_file() and detect_type(spec.model) == "file"):
-            return load_teacher(spec, max_length=self.config.max_length)  # a scores file needs no worker
+        if not needs_model(spec):
+            return load_teacher(spec, max_length=self.config.max_length)  # a scores file or the first stage needs no worker
         actor_cls = ray.remote(ChunkWorker).options(num_cpus=self.cpus_per_actor, num_gpus=1 if self.gpus else 0)
         actors = [
             actor_cls.remote(

@@ -6,12 +6,12 @@ resuming and sharding; an adapter only turns one batch into numbers.
 
 Score spaces: a cross-encoder and mxbai-rerank v2 give raw logits (`raw_logit`); a bi-encoder
 gives cosines (`cosine`); a precomputed file gives whatever it holds (declared, or inferred:
-all labels in [0, 1] → `probability`); an ensemble gives per-query z-scores (`normalised`).
+all labels in [0, 1] → `probability`); the first stage (`first-stage`, an ensemble member only)
+gives its own retrieval scores; an ensemble gives per-query z-scores (`normalised`).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skill.config import TeacherSpec
+from skill.config import FIRST_STAGE_TEACHER, TeacherSpec
 from skill.errors import ExitCode, SkillError, invalid, missing
 from skill.io import hash_file, hash_obj
 from skill.loading import PACKAGED_PREFIX, hub_offline, load_failure, model_identity, resolve_model, resolve_packaged, revision
@@ -29,6 +29,7 @@ __all__ = [
     "BiEncoderTeacher",
     "CrossEncoderTeacher",
     "FileTeacher",
+    "FirstStageTeacher",
     "ModelTeacher",
     "MxbaiTeacher",
     "OnnxCrossEncoderTeacher",
@@ -496,10 +497,68 @@ class FileTeacher:
         return out
 
 
-Teacher = ModelTeacher | FileTeacher
+@dataclass
+class FirstStageTeacher:
+    """The first stage's own scores (`first_stage_score` of the mined tables) as an ensemble member.
+
+    Combined with a model teacher by per-query z-scores, it brings what the first stage knows (exact
+    terms, for BM25) into the labels: a student distilled from the ensemble learns the fused system
+    and needs no first-stage scores at serving time. A training pair the first stage did not retrieve
+    (a gold positive added by `mine`, rank 0) has no score; it gets its query's lowest retrieved
+    score — the first stage ranked it below every candidate it kept.
+    """
+
+    weight: float | str
+    name: str = FIRST_STAGE_TEACHER
+    type: str = "first-stage"
+    score_space: str = "first-stage"
+
+    @property
+    def fingerprint(self) -> str:
+        return hash_obj({"teacher": FIRST_STAGE_TEACHER})  # the scores are the mined tables', which `score` already tracks
+
+    def describe(self) -> dict:
+        return {"id": self.name, "type": self.type, "weight": self.weight, "score_space": self.score_space}
+
+    def table_scores(self, table, *, where: str) -> np.ndarray:
+        """The table's first-stage scores, a not-retrieved row (NaN) at its query's lowest retrieved score."""
+        if "first_stage_score" not in table.column_names:
+            raise invalid(
+                "the mined table has no first_stage_score column, so the first stage cannot be a teacher",
+                where=where,
+                fix=f"rerun `mine` with this version, or drop --teacher {FIRST_STAGE_TEACHER}",
+            )
+        scores = np.asarray(table.column("first_stage_score").to_numpy(zero_copy_only=False), dtype=np.float64)
+        groups = np.asarray(table.column("query_id").to_pylist(), dtype=object)
+        missing = np.isnan(scores)
+        if missing.any():
+            for q in set(groups[missing]):
+                rows = groups == q
+                retrieved = scores[rows & ~missing]
+                if not len(retrieved):
+                    raise invalid(
+                        f"query {q!r} has no candidate with a first-stage score",
+                        where=where,
+                        fix=f"rerun `mine`, or drop --teacher {FIRST_STAGE_TEACHER}",
+                    )
+                scores[rows & missing] = retrieved.min()
+        return scores
+
+
+Teacher = ModelTeacher | FileTeacher | FirstStageTeacher
+LOOKUP_TEACHERS = (FileTeacher, FirstStageTeacher)  # scores read from a table or file: nothing to score, no worker
+
+
+def needs_model(spec: TeacherSpec) -> bool:
+    """Whether the teacher is a model that scores pairs (a worker's job), not scores read from a file or the mined tables."""
+    if spec.is_first_stage or spec.type == "file":
+        return False
+    return not (spec.type == "auto" and Path(spec.model).expanduser().is_file() and detect_type(spec.model) == "file")
 
 
 def load_teacher(spec: TeacherSpec, *, max_length: int, device: str | None = None, dtype: str = "auto") -> Teacher:
+    if spec.is_first_stage:
+        return FirstStageTeacher(weight=spec.weight)
     kind = spec.type if spec.type != "auto" else detect_type(spec.model)
     if kind == "file":
         return FileTeacher.load(spec)
@@ -514,17 +573,3 @@ def load_teacher(spec: TeacherSpec, *, max_length: int, device: str | None = Non
     if kind == "mxbai-v2":
         return MxbaiTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
     return CrossEncoderTeacher.load(spec, max_length=max_length, device=device, dtype=dtype)
-
-
-def normalise_per_query(scores: np.ndarray, groups: np.ndarray, *, eps: float = 1e-6) -> np.ndarray:
-    """z-score within each query group (a group of one maps to 0)."""
-    out = np.zeros_like(scores, dtype=np.float64)
-    order = np.argsort(groups, kind="stable")
-    g = groups[order]
-    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
-    s = scores.astype(np.float64)[order]
-    for a, b in itertools.pairwise(bounds):
-        part = s[a:b]
-        std = part.std()
-        out[order[a:b]] = (part - part.mean()) / std if std > eps else 0.0
-    return out

@@ -236,7 +236,15 @@ def test_gate_pass_fail_and_it_never_reads_heldout_labels(mined_dev, tmp_path, c
     proc = cli("score", "--run", bad, "--teacher", _scores_file(bad, tmp_path / "rev.jsonl", _reverse))
     assert proc.returncode == 0
     assert "teacher gate (" in proc.stdout and "→ FAIL" in proc.stdout
-    assert "distilling it cannot help: change the teacher or the first stage" in proc.stderr
+    assert (
+        "distilling it cannot help: change the teacher (or blend it with the first stage: score --teacher first-stage --weight auto beside it)" in proc.stderr
+    )
+    # The fix, followed: the blend runs, gives the reversed teacher the smaller weight, and the gate still says it is no better than the first stage.
+    proc = cli("score", "--run", bad, "--teacher", tmp_path / "rev.jsonl", "--teacher", "first-stage", "--weight", "auto", "--json")
+    envelope = json.loads(proc.stdout)
+    weights = envelope["metrics"]["ensemble_weights"]
+    assert proc.returncode == 0 and weights["first-stage"] > weights[str(tmp_path / "rev.jsonl")]
+    assert envelope["metrics"]["gate"]["status"] != "pass"
     proc = cli("score", "--run", bad, "--teacher", tmp_path / "rev.jsonl", "--fail-on-gate", "--force", "--json")
     envelope = json.loads(proc.stdout)
     assert proc.returncode == ExitCode.PARTIAL and envelope["status"] == "partial" and envelope["metrics"]["gate"]["status"] == "fail"
