@@ -12,6 +12,7 @@ recipe's settings.
     python benchmarks/small_budget.py --minutes 5 --seeds 1  # one budget, one seed (the quickstart's own split and seed)
     python benchmarks/small_budget.py --steps 370 740      # budgets in optimizer steps instead of minutes (a loaded machine)
     python benchmarks/small_budget.py --set train.loss=mse --set train.label_transform=raw   # another configuration
+    python benchmarks/small_budget.py --table runs/a/small_budget.json runs/b/small_budget.json  # one table from earlier runs
 
 Wall-clock budgets are only comparable on an idle machine: on a shared one the same minutes give
 fewer steps (the table shows the steps each budget reached).
@@ -53,7 +54,18 @@ def main() -> None:
     )
     parser.add_argument("--root", type=Path, default=Path("runs/bench-small-budget"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="recipe override, e.g. train.loss=mse")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        metavar="SMALL_BUDGET_JSON",
+        help="print one table from the small_budget.json of earlier runs (e.g. one run per budget) and exit",
+    )
     args = parser.parse_args()
+    if args.table:
+        rows = [row for path in args.table for row in json.loads(path.read_text())]
+        print_tables(rows, [(r["unit"], r["budget"]) for r in rows])
+        return
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     budgets = [("steps", float(s)) for s in args.steps] if args.steps else [("minutes", m) for m in (args.minutes or [5.0, 10.0, 20.0])]
@@ -136,14 +148,21 @@ def main() -> None:
             )
             log(json.dumps(rows[-1]))
 
+    print_tables(rows, budgets, config=cfg.train.model_dump(exclude_none=True, exclude_defaults=True), depth=cfg.mine.eval_top_k)
+    (args.root / "small_budget.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def print_tables(rows: list[dict], budgets: list[tuple[str, float]], *, config: dict | None = None, depth: int | str = 20) -> None:
+    """One table of mean [min–max] over seeds per budget, then one row per seed."""
     seeds = sorted({r["seed"] for r in rows})
     queries = sorted({r["heldout_queries"] for r in rows})
-    unit_label = "steps" if args.steps else "budget min"
+    unit_label = "budget (steps or min)"
     print(
         f"\nSmall-budget distillation, standard-library docstrings, seeds {', '.join(map(str, seeds))} (split and training), {'/'.join(map(str, queries))} held-out queries,"
     )
-    print(f"NDCG@10 of the first stage's top-{cfg.mine.eval_top_k}: mean [min–max] over seeds; WIN = ΔNDCG@10 ≥ +0.01 and p < 0.05 against the first stage")
-    print(f"config: {json.dumps(cfg.train.model_dump(exclude_none=True, exclude_defaults=True))}")
+    print(f"NDCG@10 of the first stage's top-{depth}: mean [min–max] over seeds; WIN = ΔNDCG@10 ≥ +0.01 and p < 0.05 against the first stage")
+    if config is not None:
+        print(f"config: {json.dumps(config)}")
     header = [
         unit_label,
         "seeds",
@@ -159,10 +178,10 @@ def main() -> None:
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for _, amount in budgets:
-        group = [r for r in rows if r["budget"] == amount]
+    for unit, amount in dict.fromkeys(budgets):
+        group = [r for r in rows if r["budget"] == amount and r["unit"] == unit]
         cells = [
-            f"{amount:g}",
+            f"{amount:g} {unit}",
             str(len(group)),
             spread([r["wall_min"] for r in group], "{:.1f}"),
             spread([r["steps"] for r in group], "{:.0f}"),
@@ -174,15 +193,15 @@ def main() -> None:
         cells += [f"{sum(r['fused_verdict'] == 'WIN' for r in group)}/{len(group)}"]
         print("| " + " | ".join(cells) + " |")
     print("\nPer seed:")
-    print("| " + " | ".join([unit_label, "seed", "steps", *SYSTEMS, "student Δ, p", "verdict", "α", "fused Δ, p", "fused verdict", "SERVE", "load"]) + " |")
-    print("|" + "---|" * 13)
+    per_seed = [unit_label, "seed", "steps", *SYSTEMS, "student Δ, p", "verdict", "α", "fused Δ, p", "fused verdict", "SERVE", "load"]
+    print("| " + " | ".join(per_seed) + " |")
+    print("|" + "---|" * len(per_seed))
     for r in rows:
         fused = f"{r['fused_delta']:+.4f}, p = {r['fused_p']:.3g}" if r["fused_delta"] is not None else "–"
         systems = [f"{r[s]:.4f}" if r[s] is not None else "–" for s in SYSTEMS]
         print(
-            f"| {r['budget']:g} | {r['seed']} | {r['steps']} | {' | '.join(systems)} | {r['delta']:+.4f}, p = {r['p']:.3g} | {r['verdict']} | {r['alpha']} | {fused} | {r['fused_verdict']} | {r['serve']} | {r['load']} |"
+            f"| {r['budget']:g} {r['unit']} | {r['seed']} | {r['steps']} | {' | '.join(systems)} | {r['delta']:+.4f}, p = {r['p']:.3g} | {r['verdict']} | {r['alpha']} | {fused} | {r['fused_verdict']} | {r.get('serve', '–')} | {r.get('load', '–')} |"
         )
-    (args.root / "small_budget.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
