@@ -97,12 +97,17 @@ def gate_lines(gate: dict) -> list[str]:
     ]
 
 
-def gate_warning(gate: dict) -> str | None:
-    """One warning when the teacher cannot (or may not) help; `unknown` is said in the summary and the envelope, not warned."""
+def gate_warning(gate: dict, *, blended: bool = False) -> str | None:
+    """One warning when the teacher cannot (or may not) help; `unknown` is said in the summary and the envelope, not warned.
+
+    `blended`: the teacher already has the first stage as a member, so the warning does not suggest it again.
+    """
     status = gate["status"]
     if status in ("pass", "unknown"):
         return None
     numbers = f"{METRIC} {gate[f'teacher_{METRIC}']:.4f} vs first stage {gate[f'first_stage_{METRIC}']:.4f} on {gate['queries']} dev queries (Δ {gate['delta']:+.4f}, p {gate['p_value']:.3g})"
+    blend = "" if blended else " (or blend it with the first stage: score --teacher first-stage --weight auto beside it)"
     if status == "fail":
-        return f"the teacher does not beat the first stage ({numbers}): distilling it cannot help: change the teacher (or blend it with the first stage: score --teacher first-stage --weight auto beside it) before training"
-    return f"the teacher is not clearly better than the first stage ({numbers}): distilling it may not help; a stronger teacher, the teacher blended with the first stage (score --teacher first-stage --weight auto beside it), or more dev queries (mine --dev-queries) would tell"
+        return f"the teacher does not beat the first stage ({numbers}): distilling it cannot help: change the teacher{blend} before training"
+    options = "a stronger teacher, " + ("" if blended else "the teacher blended with the first stage (score --teacher first-stage --weight auto beside it), ")
+    return f"the teacher is not clearly better than the first stage ({numbers}): distilling it may not help; {options}or more dev queries (mine --dev-queries) would tell"

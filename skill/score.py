@@ -700,7 +700,7 @@ def _label_and_publish(
     # The teacher gate: teacher vs first stage on the dev queries (never the held-out ones), before any training.
     gate = teacher_gate(dev, dev_score, qrels_dev_path)
     metrics["gate"] = gate
-    if (w := gate_warning(gate)) is not None:
+    if (w := gate_warning(gate, blended=any(isinstance(t, FirstStageTeacher) for t in teachers))) is not None:
         warnings.append(w)
     meta = {
         "teachers": [t.describe() for t in teachers],

@@ -156,6 +156,10 @@ def test_a_member_that_only_hurts_gets_weight_zero(mined, tmp_path):
     assert result.exit_code == 0, result.errors
     assert result.metrics["ensemble_weights"] == {str(anti): 0.0, "first-stage": 1.0}
     assert any(f"gave {anti} weight 0" in w for w in result.warnings)
+    # The blend is now the first stage itself: the gate says so, and its warning does not suggest the blend again.
+    assert result.metrics["gate"]["status"] != "pass" and result.metrics["gate"]["delta"] == pytest.approx(0.0, abs=1e-9)
+    gate_warnings = [w for w in result.warnings if "better than the first stage" in w or "does not beat the first stage" in w]
+    assert gate_warnings and not any("--teacher first-stage" in w for w in gate_warnings)
     train = pq.read_table(run / "train_pairs.parquet").to_pandas()
     np.testing.assert_allclose(
         pq.read_table(run / "scores.parquet").column("label").to_numpy(), _oracle_blend(train, np.zeros(len(train)), (0.0, 1.0)), atol=1e-5
