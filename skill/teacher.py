@@ -513,10 +513,6 @@ class FirstStageTeacher:
     type: str = "first-stage"
     score_space: str = "first-stage"
 
-    @property
-    def fingerprint(self) -> str:
-        return hash_obj({"teacher": FIRST_STAGE_TEACHER})  # the scores are the mined tables', which `score` already tracks
-
     def describe(self) -> dict:
         return {"id": self.name, "type": self.type, "weight": self.weight, "score_space": self.score_space}
 
